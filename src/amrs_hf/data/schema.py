@@ -12,6 +12,8 @@ import dataclasses
 import datasets
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 from datasets import Features, Value
 
 SCHEMA_VERSION = "1.0.0"
@@ -110,6 +112,8 @@ class ListeningLog:
     # What a lenient load dropped: reason -> row count. Empty for a strict load.
     dropped: dict = dataclasses.field(default_factory=dict)
     schema_version: str = SCHEMA_VERSION
+    # How this log was cut from a larger one (e.g. temporal cutoffs); empty for a whole log.
+    split_info: dict = dataclasses.field(default_factory=dict)
 
     @property
     def num_plays(self) -> int:
@@ -123,9 +127,14 @@ class ListeningLog:
 
     def select_users(self, users) -> "ListeningLog":
         """The log restricted to the given users, with the full catalogue (cold-start: tracks stay known)."""
-        wanted = set(users)
-        indices = [i for i, u in enumerate(self.plays["user_id"]) if u in wanted]
-        return dataclasses.replace(self, plays=self.plays.select(indices))
+        keep = pc.is_in(self.plays.data.column("user_id"), value_set=pa.array(list(users), pa.string()))
+        return self.subset(np.flatnonzero(keep.to_numpy(zero_copy_only=False)))
+
+    def subset(self, indices, **info) -> "ListeningLog":
+        """The plays at `indices` (in order), with the full catalogue; `info` is recorded in `split_info`."""
+        return dataclasses.replace(
+            self, plays=self.plays.select(indices), split_info={**self.split_info, **info}
+        )
 
     def sessions(self) -> datasets.Dataset:
         """The session view: one row per session with its plays as ordered lists."""

@@ -191,7 +191,8 @@ def check_catalogue(frame: pd.DataFrame, *, lenient: bool = False, source_column
     checker = RowChecker(frame, lenient=lenient, source_columns=source_columns)
     checker.not_null("track_id")
     frame["track_id"] = frame["track_id"].astype(str).str.strip()
-    checker.flag(frame["track_id"].str.contains(r"\s", regex=True), "track_id", "track ids cannot contain whitespace")
+    checker.flag(frame["track_id"].str.contains(r"[\s<>]", regex=True), "track_id",
+                 "track ids cannot contain whitespace or '<' '>' (they separate and mark tokens)")
     checker.flag(frame["track_id"].duplicated(keep="first"), "track_id", "duplicate track id")
     for column in CATALOGUE_COLUMNS[2:]:
         checker.to_numeric(column)

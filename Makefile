@@ -1,0 +1,35 @@
+# Two commands on a fresh clone:
+#   make quickstart   installs everything and runs the main job on the embedded synthetic world
+#   make test         installs everything and runs the tests
+PYTHON ?= python3
+VENV ?= .venv
+# torch goes in first, pinned: an unpinned install pulls a multi-GB CUDA build. Override, e.g. TORCH_SPEC="torch==2.14.1".
+TORCH_SPEC ?= torch==2.13.0
+BIN := $(VENV)/bin
+QUICKSTART_DIR ?= outputs/quickstart
+
+.PHONY: install quickstart test test-slow bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install "$(TORCH_SPEC)"
+	$(BIN)/pip install -e ".[test]"
+	touch $@
+
+quickstart: install
+	$(BIN)/amrs data generate --output $(QUICKSTART_DIR)/data --plays 20000 --seed 0
+	$(BIN)/amrs data describe --source synthetic --path $(QUICKSTART_DIR)/data
+
+test: install
+	$(BIN)/python -m pytest
+
+test-slow: install
+	$(BIN)/python -m pytest -m slow
+
+bench: install
+	$(BIN)/python benchmarks/synthetic_generation.py
+
+clean:
+	rm -rf $(VENV) outputs .pytest_cache

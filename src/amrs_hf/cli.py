@@ -1,0 +1,41 @@
+"""The `amrs` command. Each subcommand is a script module in `amrs_hf.scripts` with `make_parser()` and `main(argv)`,
+imported only when called, so `amrs --help` stays fast and a stage's dependencies load with that stage alone."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# subcommand -> (module, one-line help)
+COMMANDS = {
+    "data": ("amrs_hf.scripts.data", "describe, generate and calibrate listening logs"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: amrs <command> [options]", "", "commands:"]
+    lines += [f"  {name:<20} {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += ["", "Run `amrs <command> --help` for a command's options."]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0
+    if argv[0] == "--version":
+        from amrs_hf import __version__
+
+        print(f"amrs_hf {__version__}")
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"amrs: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[command][0])
+    return module.main(rest) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

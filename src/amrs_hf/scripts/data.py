@@ -1,0 +1,62 @@
+"""`amrs data`: look at listening logs and make synthetic ones.
+
+    amrs data describe --source situnes --path ../shared/data/situnes [--json]
+    amrs data generate --output DIR --plays 1000000 --seed 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from amrs_hf.data import LogValidationError, load_log, save_log
+from amrs_hf.data.sources import SOURCES
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="amrs data", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    describe = commands.add_parser("describe", help="counts and outcome coverage of a listening log")
+    describe.add_argument("--source", required=True, help=f"data source: {', '.join(sorted(SOURCES))}")
+    describe.add_argument("--path", default=None, help="the source's folder or file (synthetic: optional)")
+    describe.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    describe.add_argument("--lenient", action="store_true", help="drop bad rows (and report them) instead of failing")
+
+    generate = commands.add_parser("generate", help="write the synthetic world's logs and catalogue as Parquet")
+    generate.add_argument("--output", required=True, help="folder for plays.parquet and catalogue.parquet")
+    generate.add_argument("--plays", type=int, default=20_000, help="number of plays (default 20,000)")
+    generate.add_argument("--seed", type=int, default=0, help="world and sampling seed (default 0)")
+    return parser
+
+
+def format_description(summary: dict) -> str:
+    lines = [f"{key:<18}{summary[key]:,}" for key in ("plays", "users", "sessions", "tracks", "catalogue_tracks")]
+    lines.insert(0, f"{'source':<18}{summary['source']}")
+    lines.append("coverage (share of plays carrying each outcome)")
+    lines += [f"  {name:<16}{share:7.1%}" for name, share in summary["coverage"].items()]
+    if summary["dropped"]:
+        lines.append("dropped (lenient load)")
+        lines += [f"  {reason}: {count:,}" for reason, count in summary["dropped"].items()]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    args = make_parser().parse_args(argv)
+    try:
+        if args.command == "describe":
+            summary = load_log(args.source, args.path, lenient=args.lenient).describe()
+            print(json.dumps(summary, indent=2) if args.json else format_description(summary))
+        elif args.command == "generate":
+            log = load_log("synthetic", None, num_plays=args.plays, seed=args.seed)
+            save_log(log, args.output, extra_meta={"plays": args.plays, "seed": args.seed})
+            print(f"wrote {log.num_plays:,} plays and {log.catalogue.num_rows:,} tracks to {args.output}")
+    except LogValidationError as err:
+        print(f"amrs data: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
