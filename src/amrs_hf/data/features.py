@@ -1,0 +1,62 @@
+"""Per-play numeric features shared by the world model's input pipeline and the feature-only baselines.
+
+Audio features are standardised with statistics of the catalogue itself (no labels involved, so nothing leaks across
+a cold-start split); a feature the source lacks becomes 0 after standardisation, i.e. the catalogue mean.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+
+from .schema import AUDIO_FEATURES, COHORTS, MODES, STATE_COLUMNS, ListeningLog
+
+
+@dataclasses.dataclass
+class AudioFeatureScaler:
+    """z-scores of the catalogue's audio features; NaN (a feature the source lacks) maps to 0."""
+
+    mean: np.ndarray
+    std: np.ndarray
+    names: tuple = AUDIO_FEATURES
+
+    @classmethod
+    def fit(cls, catalogue: pd.DataFrame) -> "AudioFeatureScaler":
+        values = catalogue[list(AUDIO_FEATURES)].to_numpy(dtype=np.float64)
+        present = ~np.isnan(values)
+        count = np.maximum(present.sum(axis=0), 1)
+        mean = np.where(present, values, 0.0).sum(axis=0) / count
+        std = np.sqrt(np.where(present, (values - mean) ** 2, 0.0).sum(axis=0) / count)
+        return cls(mean=mean, std=np.where(std > 1e-8, std, 1.0))
+
+    def transform(self, frame: pd.DataFrame) -> np.ndarray:
+        values = frame[list(self.names)].to_numpy(dtype=np.float64)
+        return np.nan_to_num((values - self.mean) / self.std).astype(np.float32)
+
+    def to_dict(self) -> dict:
+        return {"names": list(self.names), "mean": self.mean.tolist(), "std": self.std.tolist()}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "AudioFeatureScaler":
+        return cls(mean=np.asarray(data["mean"]), std=np.asarray(data["std"]), names=tuple(data["names"]))
+
+
+def plays_with_audio(log: ListeningLog, scaler: AudioFeatureScaler | None = None) -> tuple[pd.DataFrame, np.ndarray]:
+    """The plays frame (schema order) and the standardised audio features of each play's track, row-aligned."""
+    plays = log.plays_frame()
+    catalogue = log.catalogue_frame()
+    scaler = scaler or AudioFeatureScaler.fit(catalogue)
+    per_track = pd.DataFrame(scaler.transform(catalogue), index=catalogue["track_id"].values)
+    return plays, per_track.loc[plays["track_id"].values].to_numpy()
+
+
+def context_free_features(log: ListeningLog, scaler: AudioFeatureScaler | None = None) -> np.ndarray:
+    """Per-play features without history: the track's audio features, the pre-listening state (imputed at the
+    neutral 0.5, with a missing flag), and one-hot mode and cohort. What the feature-only baseline sees."""
+    plays, audio = plays_with_audio(log, scaler)
+    state = plays[list(STATE_COLUMNS)].to_numpy(dtype=np.float64)
+    missing = np.isnan(state)
+    onehots = [(plays["mode"].to_numpy() == m) for m in MODES] + [(plays["cohort"].to_numpy() == c) for c in COHORTS]
+    return np.column_stack([audio, np.where(missing, 0.5, state), missing, *onehots]).astype(np.float32)

@@ -1,0 +1,1 @@
+"""Evaluation: fidelity metrics for the world model, baselines, and (later) policy metrics and reports."""
