@@ -74,9 +74,12 @@ def read_table(path, *, fmt: Optional[str] = None, encoding: str = "utf-8", **cs
             text = raw.decode(encoding)
         except UnicodeDecodeError as err:
             line = raw[: err.start].count(b"\n") + 1
+            row, column = _undecodable_cell(raw, encoding, fmt, csv_options)
             raise LogValidationError(
                 f"not valid {encoding} text (byte 0x{raw[err.start]:02x} at line {line})",
                 file=path,
+                row=row,
+                column=column,
                 hint=f"Re-save the file as {encoding}, or pass the file's encoding (encoding=...).",
             ) from None
         text = text.lstrip("\ufeff")
@@ -97,6 +100,24 @@ def read_table(path, *, fmt: Optional[str] = None, encoding: str = "utf-8", **cs
     frame[FILE] = path
     frame[ROW] = np.arange(1, len(frame) + 1)
     return frame
+
+
+def _undecodable_cell(raw: bytes, encoding: str, fmt: str, csv_options: dict) -> tuple:
+    """(row, column) of the first cell holding bytes that are not valid `encoding`: (None, column) when they sit in the
+    header, (None, None) when the file cannot be parsed even with them replaced."""
+    text = raw.decode(encoding, errors="replace").lstrip("\ufeff")
+    try:
+        if fmt == "csv":
+            frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, **csv_options)
+        else:
+            frame = pd.read_json(io.StringIO(text), lines=True, dtype=False).astype(str)
+    except ValueError:
+        return None, None
+    for column in frame.columns:
+        if "\ufffd" in str(column):
+            return None, column
+    rows, columns = (frame.apply(lambda values: values.str.contains("\ufffd", regex=False))).to_numpy().nonzero()
+    return (int(rows[0]) + 1, frame.columns[columns[0]]) if len(rows) else (None, None)
 
 
 def _format_of(path: str) -> str:
@@ -147,6 +168,7 @@ class RowChecker:
             return
         first = mask.idxmax()
         value = self.frame.at[first, column] if column in self.frame.columns else None
+        value = value.item() if isinstance(value, np.generic) else value  # "got 1.7", not "got np.float64(1.7)"
         more = f" ({count - 1} more rows have the same problem)" if count > 1 else ""
         raise LogValidationError(
             f"{reason}; got {value!r}{more}",
