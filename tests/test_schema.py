@@ -171,3 +171,17 @@ def test_tokenizer_round_trips_and_never_confuses_tracks_with_padding(tmp_path, 
 def test_tokenizer_refuses_ids_with_whitespace():
     with pytest.raises(ValueError, match="without whitespace"):
         build_track_tokenizer(["a b"])
+
+
+def test_splits_of_a_subset_see_only_the_subset(log, tmp_path):
+    """A log cut from a larger one (a `Dataset.select` view) splits and saves as the view, not the full table."""
+    from amrs_hf.data import load_saved_log, save_log
+
+    part = log.select_users([f"u{i}" for i in range(6)])
+    split = cold_start_split(part, seed=1)
+    assert sum(p.num_plays for p in split.values()) == part.num_plays == 30
+    assert set(split["test"].plays["user_id"]) <= {f"u{i}" for i in range(6)}
+    assert temporal_split(part)["train"].num_plays < 30
+    save_log(split["test"], tmp_path)
+    reloaded = load_saved_log(tmp_path)
+    assert reloaded.plays.to_pandas().equals(split["test"].plays.to_pandas())

@@ -20,7 +20,7 @@ PLAYS_FILE, CATALOGUE_FILE, META_FILE = "plays.parquet", "catalogue.parquet", "l
 def save_log(log: ListeningLog, directory, extra_meta: dict | None = None) -> None:
     os.makedirs(directory, exist_ok=True)
     for dataset, name in ((log.plays, PLAYS_FILE), (log.catalogue, CATALOGUE_FILE)):
-        table = dataset.data.table
+        table = dataset.with_format("arrow")[:]  # respects a selection (indices mapping)
         meta = dict(table.schema.metadata or {})
         meta[b"amrs_schema_version"] = SCHEMA_VERSION.encode()
         pq.write_table(table.replace_schema_metadata(meta), os.path.join(directory, name))

@@ -127,7 +127,7 @@ class ListeningLog:
 
     def select_users(self, users) -> "ListeningLog":
         """The log restricted to the given users, with the full catalogue (cold-start: tracks stay known)."""
-        keep = pc.is_in(self.plays.data.column("user_id"), value_set=pa.array(list(users), pa.string()))
+        keep = pc.is_in(self.plays.with_format("arrow")["user_id"], value_set=pa.array(list(users), pa.string()))
         return self.subset(np.flatnonzero(keep.to_numpy(zero_copy_only=False)))
 
     def subset(self, indices, **info) -> "ListeningLog":

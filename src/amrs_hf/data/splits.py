@@ -64,7 +64,7 @@ def temporal_split(
     Without `cutoffs`, they are the timestamp quantiles at the train and train+valid fractions. Every play needs a
     timestamp.
     """
-    timestamps = log.plays.data.column("timestamp")
+    timestamps = log.plays.with_format("arrow")["timestamp"]
     missing = timestamps.null_count
     if missing:
         raise ValueError(
