@@ -5,8 +5,8 @@ for the synthetic world and for a real source. `SITUNES_REFERENCE` holds the fig
 (stages 2 and 3, the stages with pre- and post-listening reports; tests/test_synthetic.py recomputes them from the raw
 files when they are present) and `TOLERANCES` how far the synthetic world may be from them.
 
-    python -m amrs_hf.data.calibration --num-plays 200000 --seed 0
-    python -m amrs_hf.data.calibration --reference-source situnes --reference-path ../shared/data/situnes \
+    amrs data calibrate --plays 200000 --seed 0
+    amrs data calibrate --plays 200000 --seed 0 --reference-source situnes --reference-path ../shared/data/situnes \
         --reference-option "stages=[2, 3]"
 
 prints the side-by-side table (`comparison_table`) that docs/synthetic_world.md reports.
@@ -14,7 +14,6 @@ prints the side-by-side table (`comparison_table`) that docs/synthetic_world.md 
 
 from __future__ import annotations
 
-import argparse
 import math
 from typing import Mapping, Optional
 
@@ -155,34 +154,3 @@ def comparison_table(stats: Mapping, reference: Mapping = SITUNES_REFERENCE, tol
         lines.append(f"| {name} | {stats[name]:.3f} | {reference[name]:.3f} | "
                      f"{'' if tol is None else f'±{tol:.2f}'} | {ok} |")
     return "\n".join(lines)
-
-
-def main(argv: Optional[list] = None) -> int:
-    parser = argparse.ArgumentParser(description="Compare the synthetic world's affect statistics to a reference.")
-    parser.add_argument("--num-plays", type=int, default=200_000, help="plays to generate (default 200,000)")
-    parser.add_argument("--seed", type=int, default=0, help="world and sampling seed (default 0)")
-    parser.add_argument("--reference-source", default=None,
-                        help="a registered source to measure the reference on (default: the stored SiTunes figures)")
-    parser.add_argument("--reference-path", default=None, help="the reference source's path")
-    parser.add_argument("--reference-option", action="append", default=[], metavar="KEY=VALUE",
-                        help="an option of the reference source, the value in YAML (e.g. 'stages=[2, 3]'); repeatable")
-    args = parser.parse_args(argv)
-
-    from .synthetic import SyntheticWorld
-
-    stats = affect_statistics(SyntheticWorld(seed=args.seed).generate(args.num_plays))
-    reference, name = SITUNES_REFERENCE, "SiTunes"
-    if args.reference_source:
-        import yaml
-
-        from .sources import load_log
-
-        options = {key: yaml.safe_load(value) for key, value in (o.split("=", 1) for o in args.reference_option)}
-        reference = affect_statistics(load_log(args.reference_source, args.reference_path, **options))
-        name = args.reference_source
-    print(comparison_table(stats, reference, names=("synthetic", name)))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -2,6 +2,8 @@
 
     amrs data describe --source situnes --path ../shared/data/situnes [--json]
     amrs data generate --output DIR --plays 1000000 --seed 0
+    amrs data calibrate --plays 200000 --reference-source situnes --reference-path ../shared/data/situnes \
+        --reference-option "stages=[2, 3]"
 """
 
 from __future__ import annotations
@@ -10,7 +12,10 @@ import argparse
 import json
 import sys
 
+import yaml
+
 from amrs_hf.data import LogValidationError, load_log, save_log
+from amrs_hf.data.calibration import SITUNES_REFERENCE, affect_statistics, comparison_table
 from amrs_hf.data.sources import SOURCES
 
 
@@ -28,6 +33,15 @@ def make_parser() -> argparse.ArgumentParser:
     generate.add_argument("--output", required=True, help="folder for plays.parquet and catalogue.parquet")
     generate.add_argument("--plays", type=int, default=20_000, help="number of plays (default 20,000)")
     generate.add_argument("--seed", type=int, default=0, help="world and sampling seed (default 0)")
+
+    calibrate = commands.add_parser("calibrate", help="the synthetic world's affect statistics beside a real log's")
+    calibrate.add_argument("--plays", type=int, default=200_000, help="synthetic plays to measure (default 200,000)")
+    calibrate.add_argument("--seed", type=int, default=0, help="world and sampling seed (default 0)")
+    calibrate.add_argument("--reference-source", default=None,
+                           help="a data source to measure the reference on (default: the stored SiTunes figures)")
+    calibrate.add_argument("--reference-path", default=None, help="the reference source's path")
+    calibrate.add_argument("--reference-option", action="append", default=[], metavar="KEY=VALUE",
+                           help="an option of the reference source, the value in YAML (e.g. 'stages=[2, 3]'); repeatable")
     return parser
 
 
@@ -52,6 +66,15 @@ def main(argv=None) -> int:
             log = load_log("synthetic", None, num_plays=args.plays, seed=args.seed)
             save_log(log, args.output, extra_meta={"plays": args.plays, "seed": args.seed})
             print(f"wrote {log.num_plays:,} plays and {log.catalogue.num_rows:,} tracks to {args.output}")
+        elif args.command == "calibrate":
+            stats = affect_statistics(load_log("synthetic", None, num_plays=args.plays, seed=args.seed))
+            reference, name = SITUNES_REFERENCE, "SiTunes (stored)"
+            if args.reference_source:
+                options = dict(option.split("=", 1) for option in args.reference_option)
+                options = {key: yaml.safe_load(value) for key, value in options.items()}
+                reference = affect_statistics(load_log(args.reference_source, args.reference_path, **options))
+                name = args.reference_source
+            print(comparison_table(stats, reference, names=("synthetic", name)))
     except LogValidationError as err:
         print(f"amrs data: {err}", file=sys.stderr)
         return 1
