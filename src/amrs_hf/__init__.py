@@ -5,3 +5,8 @@ and improved offline with DPO against a multi-objective utility the world model 
 """
 
 __version__ = "0.1.0"
+
+# Register the models with the transformers Auto classes, once, at import.
+from .models import register_auto_classes as _register_auto_classes  # noqa: E402
+
+_register_auto_classes()
