@@ -30,7 +30,7 @@ PLAY_FEATURES = Features(
     {
         "user_id": Value("string"),
         "session_id": Value("string"),
-        "position": Value("int32"),  # order within the session, from 0
+        "position": Value("int32"),  # order within the session, from 0 (gaps allowed, e.g. after a lenient drop)
         "timestamp": Value("float64"),  # seconds since the Unix epoch, UTC; null when unknown
         "mode": Value("string"),  # one of MODES, or null
         "cohort": Value("string"),  # e.g. clinical / consumer, or null

@@ -30,7 +30,7 @@ def make_parser() -> argparse.ArgumentParser:
     describe.add_argument("--lenient", action="store_true", help="drop bad rows (and report them) instead of failing")
 
     generate = commands.add_parser("generate", help="write the synthetic world's logs and catalogue as Parquet")
-    generate.add_argument("--output", required=True, help="folder for plays.parquet and catalogue.parquet")
+    generate.add_argument("--output", required=True, help="folder for plays.parquet, catalogue.parquet and log.json")
     generate.add_argument("--plays", type=int, default=20_000, help="number of plays (default 20,000)")
     generate.add_argument("--seed", type=int, default=0, help="world and sampling seed (default 0)")
 
