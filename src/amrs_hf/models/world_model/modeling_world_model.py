@@ -2,9 +2,10 @@
 
 Layout (B listeners x T plays). A completed play t becomes one history token
 
-    x_t = track_t + step_t + outcomes_t          track_t   = ID embedding (zero for <pad>/<unk>) + projected audio features
-                                                 step_t    = mode + cohort + context embeddings
-                                                 outcomes_t = projected (value, observed) of engagement/rating/valence/arousal
+    x_t = track_t + step_t + outcomes_t
+        track_t    = ID embedding (zero for <pad>/<unk>) + projected audio features
+        step_t     = mode + cohort + context embeddings
+        outcomes_t = projected (value, observed flag) of engagement, rating, valence, arousal
 
 and the transformer reads [start, x_0, ..., x_{T-1}] with a causal mask. The hidden state at token t ("the listener
 state" before play t) has seen plays < t in full and nothing of play t. The prediction for play t combines that state
