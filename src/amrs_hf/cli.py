@@ -9,6 +9,7 @@ import sys
 # subcommand -> (module, one-line help)
 COMMANDS = {
     "data": ("amrs_hf.scripts.data", "describe, generate and calibrate listening logs"),
+    "train-world-model": ("amrs_hf.scripts.train_world_model", "train the world model on a listening log"),
 }
 
 

@@ -1,0 +1,144 @@
+"""From listening logs to world-model inputs.
+
+A listener's history is all of their plays in time order, across sessions (a real log's sessions can be a single
+play: SiTunes' field stages are), so the model learns from what it knew about the listener before each play. Long
+histories are cut into windows of at most `max_length` plays; with `overlap` > 0 each window after the first repeats
+the end of the previous one as context and scores only its new plays, so every play is predicted exactly once with
+up to `overlap` plays of history even across a window boundary.
+
+Missing outcomes and pre-states are NaN (the model masks them). This module is not part of the remote code copied
+next to the weights; it needs amrs_hf.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+
+from amrs_hf.data.schema import AUDIO_FEATURES, OUTCOMES, STATE_COLUMNS, ListeningLog
+from amrs_hf.data.tokenizer import track_token
+
+from .configuration_world_model import AmrsWorldModelConfig
+from .modeling_world_model import AmrsWorldModel
+
+FLOAT_INPUTS = (*OUTCOMES, *STATE_COLUMNS)
+ID_INPUTS = ("track_ids", "mode_ids", "cohort_ids", "context_ids")
+
+
+def context_vocabulary(log: ListeningLog, max_size: int = 256) -> list[str]:
+    """The most frequent context strings of a (training) log, ties broken alphabetically."""
+    counts = pd.Series(log.plays["context"]).dropna().value_counts()
+    counts = counts.sort_index().sort_values(ascending=False, kind="stable")
+    return list(counts.index[:max_size])
+
+
+def world_model_config(log: ListeningLog, tokenizer, **architecture) -> AmrsWorldModelConfig:
+    """A config whose vocabularies match `tokenizer` and the (training) log's contexts."""
+    architecture.setdefault("context_vocab", context_vocabulary(log))
+    return AmrsWorldModelConfig(
+        vocab_size=len(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        unk_token_id=tokenizer.unk_token_id,
+        audio_features=list(AUDIO_FEATURES),
+        **architecture,
+    )
+
+
+def set_catalogue(model: AmrsWorldModel, catalogue: pd.DataFrame, tokenizer) -> None:
+    """Store the catalogue's audio features in the model, standardised with the catalogue's own statistics (no
+    labels involved, so nothing leaks across a cold-start split)."""
+    raw = catalogue[list(model.config.audio_features)].to_numpy(dtype=np.float64)
+    present = ~np.isnan(raw)
+    count = np.maximum(present.sum(axis=0), 1)
+    mean = np.where(present, raw, 0.0).sum(axis=0) / count
+    std = np.sqrt(np.where(present, (raw - mean) ** 2, 0.0).sum(axis=0) / count)
+    std = np.where(std > 1e-8, std, 1.0)
+    features = np.zeros((model.config.vocab_size, len(mean)))
+    ids = tokenizer.convert_tokens_to_ids([track_token(t) for t in catalogue["track_id"]])
+    features[ids] = np.nan_to_num((raw - mean) / std)
+    model.set_catalogue_features(torch.tensor(features), torch.tensor(mean), torch.tensor(std))
+
+
+def user_sequences(
+    log: ListeningLog, tokenizer, config: AmrsWorldModelConfig, max_length: int = 256, overlap: int = 0
+) -> list[dict]:
+    """One dict per window of a listener's history, with lists keyed by the model's input names plus
+    `play_index` (rows of `log.plays`) and `score_from` (the first position this window predicts)."""
+    if not 0 <= overlap < max_length:
+        raise ValueError(f"overlap must be in [0, max_length={max_length}), got {overlap}")
+    if max_length >= config.max_position_embeddings:
+        raise ValueError(f"max_length={max_length} needs max_position_embeddings > {max_length} (start token)")
+    frame = log.plays_frame()
+    frame["play_index"] = np.arange(len(frame))
+    frame["track_ids"] = tokenizer.convert_tokens_to_ids([track_token(t) for t in frame["track_id"]])
+    frame["mode_ids"] = [config.mode_id(m) for m in frame["mode"]]
+    frame["cohort_ids"] = [config.cohort_id(c) for c in frame["cohort"]]
+    contexts = {c: config.context_id(c) for c in frame["context"].dropna().unique()}
+    frame["context_ids"] = frame["context"].map(contexts).fillna(0).astype(int)
+    frame[list(FLOAT_INPUTS)] = frame[list(FLOAT_INPUTS)].astype(float)
+    order = frame.sort_values(["user_id", "timestamp", "session_id", "position"], kind="stable", na_position="first")
+    windows = []
+    step = max_length - overlap
+    for _, plays in order.groupby("user_id", sort=True):
+        columns = {name: plays[name].tolist() for name in (*ID_INPUTS, *FLOAT_INPUTS, "play_index")}
+        for start in range(0, len(plays), step):
+            begin = max(0, start - overlap)
+            window = {name: values[begin : start + step] for name, values in columns.items()}
+            window["score_from"] = start - begin
+            windows.append(window)
+            if start + step >= len(plays):
+                break
+    return windows
+
+
+class WorldModelCollator:
+    """Pads windows on the right into a batch of tensors; padded outcomes are NaN (masked) and padded tracks <pad>."""
+
+    def __init__(self, pad_token_id: int, keep_index: bool = False):
+        self.pad_token_id = pad_token_id
+        self.keep_index = keep_index  # keep `play_index`/`score_from` (evaluation) or drop them (training)
+
+    def __call__(self, windows: list[dict]) -> dict:
+        length = max(len(w["track_ids"]) for w in windows)
+        batch = {}
+        for name in ID_INPUTS:
+            fill = self.pad_token_id if name == "track_ids" else 0
+            batch[name] = torch.tensor([w[name] + [fill] * (length - len(w[name])) for w in windows])
+        for name in FLOAT_INPUTS:
+            batch[name] = torch.tensor(
+                [w[name] + [float("nan")] * (length - len(w[name])) for w in windows], dtype=torch.float32
+            )
+        batch["attention_mask"] = torch.tensor([[1] * len(w["track_ids"]) + [0] * (length - len(w["track_ids"]))
+                                                for w in windows])
+        if self.keep_index:
+            batch["play_index"] = torch.tensor([w["play_index"] + [-1] * (length - len(w["play_index"]))
+                                                for w in windows])
+            batch["score_from"] = torch.tensor([w["score_from"] for w in windows])
+        return batch
+
+
+@torch.no_grad()
+def predict_plays(model, log: ListeningLog, tokenizer, max_length: int = 256, batch_size: int = 64) -> dict:
+    """The model's prediction for every play of `log` from the listener's earlier plays (teacher-forced on the
+    observed outcomes, as in a fidelity test). Returns outcome -> (mean, variance or None) arrays aligned with
+    `log.plays`, the like probability under `rating`."""
+    model.eval()
+    windows = user_sequences(log, tokenizer, model.config, max_length=max_length, overlap=max_length // 2)
+    collate = WorldModelCollator(tokenizer.pad_token_id, keep_index=True)
+    names = ("engagement", "like_prob", "valence_mean", "valence_var", "arousal_mean", "arousal_var")
+    out = {name: np.full(log.num_plays, np.nan) for name in names}
+    device = next(model.parameters()).device
+    for begin in range(0, len(windows), batch_size):
+        batch = collate(windows[begin : begin + batch_size])
+        index, score_from = batch.pop("play_index"), batch.pop("score_from")
+        predictions = model(**{k: v.to(device) for k, v in batch.items()}, return_loss=False)
+        scored = (index >= 0) & (torch.arange(index.shape[1])[None] >= score_from[:, None])
+        for name in names:
+            out[name][index[scored].numpy()] = predictions[name][scored.to(device)].float().cpu().numpy()
+    return {
+        "engagement": (out["engagement"], None),
+        "rating": (out["like_prob"], None),
+        "valence": (out["valence_mean"], out["valence_var"]),
+        "arousal": (out["arousal_mean"], out["arousal_var"]),
+    }
