@@ -249,6 +249,11 @@ class AmrsWorldModel(PreTrainedModel):
         self.head_candidate = nn.Linear(hidden, hidden)
         self.head_hidden = nn.Linear(hidden, hidden)
         self.head_out = nn.Linear(hidden, _NUM_HEAD_OUTPUTS)
+        # Wide part: what the step itself shows (pre-state, the candidate's audio features) maps linearly straight onto
+        # the outputs, so the plain relations a ridge regression finds are there from the first steps (the deep path
+        # reaches them only through several small-initialised layers); the transformer and MLP add the rest.
+        self.head_wide_state = nn.Linear(4, _NUM_HEAD_OUTPUTS)
+        self.head_wide_track = nn.Linear(num_features, _NUM_HEAD_OUTPUTS, bias=False)
         self.head_dropout = nn.Dropout(config.dropout)
         self.gradient_checkpointing = False
         self.post_init()
@@ -258,7 +263,8 @@ class AmrsWorldModel(PreTrainedModel):
         if isinstance(module, nn.Linear):
             scale = math.sqrt(2 * self.config.num_hidden_layers) if getattr(module, "is_residual_projection", 0) else 1
             init.normal_(module.weight, mean=0.0, std=std / scale)
-            init.zeros_(module.bias)
+            if module.bias is not None:
+                init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
             init.normal_(module.weight, mean=0.0, std=std)
         elif isinstance(module, nn.LayerNorm):
@@ -296,15 +302,19 @@ class AmrsWorldModel(PreTrainedModel):
         return torch.nan_to_num((raw.to(self.feature_mean) - self.feature_mean) / self.feature_std)
 
     # ---- embeddings ----
+    def track_inputs(self, track_ids, audio_features=None):
+        """(..., F) normalised features of the tracks: given ones, else the stored catalogue's."""
+        features = self.track_features[track_ids] if audio_features is None else audio_features
+        return torch.nan_to_num(features.to(self.dtype))
+
     def embed_tracks(self, track_ids, audio_features=None):
         """(...) ids [+ (..., F) normalised features] -> (..., H); features default to the stored catalogue's."""
-        if audio_features is None:
-            audio_features = self.track_features[track_ids]
+        audio_features = self.track_inputs(track_ids, audio_features)
         keep = (track_ids != self.config.pad_token_id) & (track_ids != self.config.unk_token_id)
         if self.training and self.config.track_id_dropout > 0:
             keep = keep & (torch.rand(track_ids.shape, device=track_ids.device) >= self.config.track_id_dropout)
         ids = self.track_embedding(track_ids) * keep.unsqueeze(-1).to(self.dtype)
-        return ids + self.feature_proj(torch.nan_to_num(audio_features.to(self.dtype)))
+        return ids + self.feature_proj(audio_features)
 
     def embed_step(self, shape, mode_ids=None, cohort_ids=None, context_ids=None):
         device = self.start_state.device
@@ -313,11 +323,12 @@ class AmrsWorldModel(PreTrainedModel):
                 + self.cohort_embedding(zeros if cohort_ids is None else cohort_ids)
                 + self.context_embedding(zeros if context_ids is None else context_ids))
 
-    def embed_pre_state(self, shape, pre_valence=None, pre_arousal=None, pre_valence_mask=None,
-                        pre_arousal_mask=None):
+    def pre_state_inputs(self, shape, pre_valence=None, pre_arousal=None, pre_valence_mask=None,
+                         pre_arousal_mask=None):
+        """(..., 4): pre valence, pre arousal (0 where unknown) and their observed flags."""
         (pv, mv), (pa, ma) = (self._observed(pre_valence, pre_valence_mask, shape),
                               self._observed(pre_arousal, pre_arousal_mask, shape))
-        return self.pre_state_proj(torch.stack([pv, pa, mv.to(pv), ma.to(pv)], dim=-1))
+        return torch.stack([pv, pa, mv.to(pv), ma.to(pv)], dim=-1)
 
     # ---- the history encoder ----
     def listener_states(self, track_ids, audio_features=None, engagement=None, rating=None, valence=None,
@@ -399,21 +410,30 @@ class AmrsWorldModel(PreTrainedModel):
         normalised `candidate_features` (N, F) / (B, N, F) for tracks outside the vocabulary (id <unk>); step inputs
         (pre-state, mode, cohort, context) are (B,). Returns (B, N) predictions."""
         batch = states.shape[0]
-        listener = self._listener(states, (batch,), pre_valence, pre_arousal, pre_valence_mask, pre_arousal_mask,
-                                  mode_ids, cohort_ids, context_ids)
-        candidates = self.head_candidate(self.embed_tracks(candidate_ids, candidate_features))
+        listener, listener_wide = self._listener(states, (batch,), pre_valence, pre_arousal, pre_valence_mask,
+                                                 pre_arousal_mask, mode_ids, cohort_ids, context_ids)
+        candidates, candidates_wide = self._candidate(candidate_ids, candidate_features)
         if candidates.dim() == 2:
-            candidates = candidates.unsqueeze(0)
-        return self._predict(listener[:, None] + candidates)[0]
+            candidates, candidates_wide = candidates.unsqueeze(0), candidates_wide.unsqueeze(0)
+        return self._predict(listener[:, None] + candidates, listener_wide[:, None] + candidates_wide)[0]
 
     def _listener(self, states, shape, pre_valence, pre_arousal, pre_valence_mask, pre_arousal_mask, mode_ids,
                   cohort_ids, context_ids):
-        known = self.embed_step(shape, mode_ids, cohort_ids, context_ids) + self.embed_pre_state(
-            shape, pre_valence, pre_arousal, pre_valence_mask, pre_arousal_mask)
-        return self.head_listener(self.head_norm(states + known))
+        """The listener's side of the head: (deep part (..., H), wide part (..., outputs))."""
+        pre_state = self.pre_state_inputs(shape, pre_valence, pre_arousal, pre_valence_mask, pre_arousal_mask)
+        known = self.embed_step(shape, mode_ids, cohort_ids, context_ids) + self.pre_state_proj(pre_state)
+        # The wide part reads the pre-state as logits, the scale of the head's outputs (post = sigmoid(a·logit(pre) + …)).
+        values, flags = pre_state[..., :2], pre_state[..., 2:]
+        wide_input = torch.cat([torch.logit(values.clamp(0.02, 0.98)) * flags, flags], dim=-1)
+        return self.head_listener(self.head_norm(states + known)), self.head_wide_state(wide_input)
 
-    def _predict(self, joint):
-        raw = self.head_out(F.gelu(self.head_hidden(self.head_dropout(F.gelu(joint)))))
+    def _candidate(self, track_ids, audio_features):
+        """The candidate's side of the head: (deep part (..., H), wide part (..., outputs))."""
+        features = self.track_inputs(track_ids, audio_features)
+        return self.head_candidate(self.embed_tracks(track_ids, features)), self.head_wide_track(features)
+
+    def _predict(self, joint, wide):
+        raw = self.head_out(F.gelu(self.head_hidden(self.head_dropout(F.gelu(joint))))) + wide
         eng, like, v_mean, v_var, a_mean, a_var = raw.unbind(-1)
 
         def variance(logit):
@@ -437,10 +457,10 @@ class AmrsWorldModel(PreTrainedModel):
         encoded = self.listener_states(
             track_ids, audio_features, engagement, rating, valence, arousal, engagement_mask, rating_mask,
             valence_mask, arousal_mask, mode_ids, cohort_ids, context_ids, attention_mask, cache, use_cache)
-        listener = self._listener(encoded.states, (batch, length), pre_valence, pre_arousal, pre_valence_mask,
-                                  pre_arousal_mask, mode_ids, cohort_ids, context_ids)
-        candidate = self.head_candidate(self.embed_tracks(track_ids, audio_features))
-        predictions, eng_logit, like_logit = self._predict(listener + candidate)
+        listener, listener_wide = self._listener(encoded.states, (batch, length), pre_valence, pre_arousal,
+                                                 pre_valence_mask, pre_arousal_mask, mode_ids, cohort_ids, context_ids)
+        candidate, candidate_wide = self._candidate(track_ids, audio_features)
+        predictions, eng_logit, like_logit = self._predict(listener + candidate, listener_wide + candidate_wide)
 
         losses = {}
         targets = {"engagement": (engagement, engagement_mask), "rating": (rating, rating_mask),
