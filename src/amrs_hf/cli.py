@@ -10,6 +10,7 @@ import sys
 COMMANDS = {
     "data": ("amrs_hf.scripts.data", "describe, generate and calibrate listening logs"),
     "train-world-model": ("amrs_hf.scripts.train_world_model", "train the world model on a listening log"),
+    "evaluate-world-model": ("amrs_hf.scripts.evaluate_world_model", "world-model fidelity under cold start"),
 }
 
 

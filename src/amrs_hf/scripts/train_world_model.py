@@ -40,6 +40,8 @@ TRAIN_CONFIG_FILE, EVAL_RESULTS_FILE = "train_config.json", "eval_results.json"
 
 
 def _as_dict(value, name: str) -> dict:
+    if value is None:
+        return {}
     if isinstance(value, str):
         try:
             value = json.loads(value) if value.strip() else {}
@@ -56,8 +58,8 @@ class DataArguments:
 
     data_source: str = field(default="synthetic", metadata={"help": "Data source: situnes, mssd, generic, synthetic."})
     data_path: Optional[str] = field(default=None, metadata={"help": "The source's folder or file."})
-    data_options: Union[dict, str] = field(
-        default_factory=dict, metadata={"help": "Options of the source, e.g. {\"num_plays\": 20000} (JSON on the CLI)."}
+    data_options: Union[dict, str, None] = field(  # `dict | str | None` makes HfArgumentParser take a string
+        default=None, metadata={"help": "Options of the source, e.g. {\"num_plays\": 20000} (JSON on the CLI)."}
     )
     split: str = field(
         default="cold_start",
@@ -90,8 +92,8 @@ class WorldModelArguments:
     track_id_dropout: float = field(default=0.1, metadata={"help": "Train-time share of hidden track IDs."})
     use_history: bool = field(default=True, metadata={"help": "Ablation switch: False ignores past plays."})
     feed_back_outcomes: bool = field(default=True, metadata={"help": "Ablation switch: False hides past outcomes."})
-    outcome_loss_weights: Union[dict, str] = field(
-        default_factory=dict, metadata={"help": "Outcome -> loss weight, e.g. {\"valence\": 2.0} (JSON on the CLI)."}
+    outcome_loss_weights: Union[dict, str, None] = field(
+        default=None, metadata={"help": "Outcome -> loss weight, e.g. {\"valence\": 2.0} (JSON on the CLI)."}
     )
 
     def __post_init__(self):
