@@ -85,3 +85,17 @@ def test_aggregate_and_table_by_hand():
     assert "| valence R² | 0.300 ± 0.100 | 0.426 |" in table
     assert "| like AUC | n/a |" in table
     assert np.isclose(summary["m"]["valence"]["mae"]["mean"], 0.2)
+
+
+def test_ensemble_members_differ_and_reload(tmp_path):
+    from amrs_hf.simulation.ensemble import WorldModelEnsemble
+
+    out = tmp_path / "ensemble"
+    code = amrs(["train-world-model", "--data_source", "synthetic", "--data_options", '{"num_plays": 1200}',
+                 "--num_train_epochs", "1", "--ensemble_size", "2", "--output_dir", str(out), *TINY])
+    assert code == 0 and (out / "ensemble.json").exists() and (out / "tokenizer.json").exists()
+    ensemble = WorldModelEnsemble.from_pretrained(out)
+    assert len(ensemble) == 2
+    first, second = (m.track_embedding.weight for m in ensemble.members)
+    assert not torch.equal(first, second), "members are trained from different seeds"
+    assert json.loads((out / "eval_results.json").read_text())["valence"]["n"] > 0

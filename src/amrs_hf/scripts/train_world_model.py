@@ -28,8 +28,10 @@ from amrs_hf.data.splits import cold_start_split, temporal_split
 from amrs_hf.data.tokenizer import build_track_tokenizer
 from amrs_hf.evaluation.metrics import outcome_metrics
 from amrs_hf.models.world_model import AmrsWorldModel
+from amrs_hf.simulation.ensemble import WorldModelEnsemble
 from amrs_hf.models.world_model.processing_world_model import (
     WorldModelCollator,
+    combine_members,
     predict_plays,
     set_catalogue,
     user_sequences,
@@ -118,6 +120,10 @@ class WorldModelTrainingArguments(TrainingArguments):
     load_best_model_at_end: bool = field(default=True, metadata={"help": "End on the lowest validation loss."})
     logging_steps: float = field(default=10, metadata={"help": "Log every N steps."})
     remove_unused_columns: bool = field(default=True, metadata={"help": "Drop window columns forward doesn't take."})
+    ensemble_size: int = field(
+        default=1,
+        metadata={"help": "Members trained with seeds seed, seed+1, ...; > 1 saves a WorldModelEnsemble folder."},
+    )
 
 
 def split_log(log: ListeningLog, data_args: DataArguments) -> dict[str, ListeningLog]:
@@ -170,9 +176,11 @@ def train_world_model(
     return trainer.model, tokenizer
 
 
-def fidelity(model, log: ListeningLog, tokenizer, data_args: DataArguments) -> dict:
-    """Fidelity metrics of `model` on every play of `log`, each predicted from the listener's earlier plays."""
-    predicted = predict_plays(model, log, tokenizer, max_length=data_args.max_history)
+def fidelity(models, log: ListeningLog, tokenizer, data_args: DataArguments) -> dict:
+    """Fidelity metrics of a model (or a list of ensemble members) on every play of `log`, each predicted from the
+    listener's earlier plays."""
+    members = models if isinstance(models, (list, tuple)) else [models]
+    predicted = combine_members([predict_plays(m, log, tokenizer, max_length=data_args.max_history) for m in members])
     observed = {o: np.asarray(log.plays[o], dtype=float) for o in predicted}
     return outcome_metrics(observed, predicted, data_args.engagement_threshold)
 
@@ -185,11 +193,21 @@ def main(argv=None) -> int:
     data_args, model_args, training_args = make_parser().parse_args_and_config(argv)
     log = load_log(data_args.data_source, data_args.data_path, **data_args.data_options)
     splits = split_log(log, data_args)
-    model, tokenizer = train_world_model(splits, log, data_args, model_args, training_args)
+    tokenizer = build_track_tokenizer(log.catalogue["track_id"])
+    members = []
+    for member in range(training_args.ensemble_size):
+        args = dataclasses.replace(
+            training_args, seed=training_args.seed + member,
+            output_dir=os.path.join(training_args.output_dir, "checkpoints", f"member_{member}"),
+        )
+        members.append(train_world_model(splits, log, data_args, model_args, args, tokenizer=tokenizer)[0])
 
     if training_args.should_save:
         os.makedirs(training_args.output_dir, exist_ok=True)
-        model.save_pretrained(training_args.output_dir)
+        if len(members) == 1:
+            members[0].save_pretrained(training_args.output_dir)
+        else:
+            WorldModelEnsemble(members).save_pretrained(training_args.output_dir)
         tokenizer.save_pretrained(training_args.output_dir)
         resolved = {
             "data": dataclasses.asdict(data_args),
@@ -199,7 +217,7 @@ def main(argv=None) -> int:
         with open(os.path.join(training_args.output_dir, TRAIN_CONFIG_FILE), "w") as f:
             json.dump(resolved, f, indent=2, default=str)
         if splits.get("test") is not None:
-            results = fidelity(model, splits["test"], tokenizer, data_args)
+            results = fidelity(members, splits["test"], tokenizer, data_args)
             with open(os.path.join(training_args.output_dir, EVAL_RESULTS_FILE), "w") as f:
                 json.dump(results, f, indent=2)
             summary = {o: results[o].get("r2", results[o].get("auc")) for o in results}

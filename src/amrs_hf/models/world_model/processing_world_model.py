@@ -142,3 +142,18 @@ def predict_plays(model, log: ListeningLog, tokenizer, max_length: int = 256, ba
         "valence": (out["valence_mean"], out["valence_var"]),
         "arousal": (out["arousal_mean"], out["arousal_var"]),
     }
+
+
+def combine_members(member_predictions: list[dict]) -> dict:
+    """Per-play predictions of an ensemble from its members' `predict_plays` outputs: the mean of the members' means,
+    and for valence/arousal the variance of the equal-weight mixture (mean member variance plus the variance of the
+    member means, so disagreement widens the interval)."""
+    out = {}
+    for outcome, (_, var) in member_predictions[0].items():
+        means = np.stack([p[outcome][0] for p in member_predictions])
+        if var is None:
+            out[outcome] = (means.mean(0), None)
+        else:
+            variances = np.stack([p[outcome][1] for p in member_predictions])
+            out[outcome] = (means.mean(0), variances.mean(0) + means.var(0))
+    return out
