@@ -90,6 +90,11 @@ class WorldModelArguments:
     num_hidden_layers: int = field(default=2, metadata={"help": "Causal transformer blocks."})
     num_attention_heads: int = field(default=4, metadata={"help": "Attention heads (divide hidden_size)."})
     intermediate_size: int = field(default=256, metadata={"help": "MLP width."})
+    max_position_embeddings: int = field(
+        default=256,
+        metadata={"help": "Longest history (+1 start token) the model reads, rollouts included; >= max_history + 1. "
+                          "Positions beyond the training windows' length are untrained."},
+    )
     dropout: float = field(default=0.1, metadata={"help": "Dropout in blocks, embeddings and head."})
     track_id_dropout: float = field(default=0.1, metadata={"help": "Train-time share of hidden track IDs."})
     use_history: bool = field(default=True, metadata={"help": "Ablation switch: False ignores past plays."})
@@ -152,8 +157,7 @@ def train_world_model(
     tokenizer = tokenizer or build_track_tokenizer(catalogue_log.catalogue["track_id"])
     architecture = {k: v for k, v in dataclasses.asdict(model_args).items() if k != "outcome_loss_weights"}
     config = world_model_config(
-        splits["train"], tokenizer, max_position_embeddings=data_args.max_history + 1,
-        outcome_loss_weights=model_args.outcome_loss_weights or None, **architecture,
+        splits["train"], tokenizer, outcome_loss_weights=model_args.outcome_loss_weights or None, **architecture,
     )
     model = AmrsWorldModel(config)
     set_catalogue(model, catalogue_log.catalogue_frame(), tokenizer)
