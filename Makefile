@@ -11,7 +11,7 @@ TORCH_INDEX ?=
 BIN := $(VENV)/bin
 QUICKSTART_DIR ?= outputs/quickstart
 
-.PHONY: install quickstart test test-slow bench clean
+.PHONY: install quickstart test test-slow test-multiprocess bench clean
 
 install: $(VENV)/.installed
 
@@ -30,6 +30,9 @@ test: install
 
 test-slow: install
 	$(BIN)/python -m pytest -m slow || [ $$? -eq 5 ]  # exit 5: no slow tests collected
+
+test-multiprocess: install
+	$(BIN)/python -m pytest -m multiprocess
 
 bench: install
 	$(BIN)/python benchmarks/synthetic_generation.py

@@ -99,3 +99,24 @@ def test_ensemble_members_differ_and_reload(tmp_path):
     first, second = (m.track_embedding.weight for m in ensemble.members)
     assert not torch.equal(first, second), "members are trained from different seeds"
     assert json.loads((out / "eval_results.json").read_text())["valence"]["n"] > 0
+
+
+@pytest.mark.multiprocess
+def test_accelerate_launch_trains_on_two_processes(tmp_path):
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    accelerate = pathlib.Path(sys.executable).parent / "accelerate"
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+         "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "amrs_hf.scripts.train_world_model",
+         "--data_source", "synthetic", "--data_options", '{"num_plays": 1500}', "--num_train_epochs", "1",
+         "--per_device_train_batch_size", "4", "--output_dir", str(tmp_path / "wm"), "--log_level", "info", *TINY],
+        capture_output=True, text=True, env=env, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Total train batch size (w. parallel, distributed & accumulation) = 8" in result.stdout + result.stderr
+    assert AutoModel.from_pretrained(tmp_path / "wm").config.hidden_size == 16
