@@ -154,9 +154,9 @@ def test_generic_empty_mapping_file(tmp_path):
     "plays, file, row, column, message",
     [
         ("listener,idx,song,mood_after\nann,0,t1,0.5\n", "plays.csv", None, "visit", "required column is missing"),
-        (PLAYS.replace("t2,-0.5", "t2,-1.5"), "plays.csv", 2, "mood_after", "out of range [-1, 1]; got -1.5"),
+        (PLAYS.replace("t2,-0.5", "t2,-1.5"), "plays.csv", 2, "mood_after", "out of range [-1, 1]; got '-1.5'"),
         (PLAYS.replace("bob,v2,0", "bob,v2,first"), "plays.csv", 3, "idx", "not a number; got 'first'"),
-        (PLAYS.replace("bob,v2,0", "bob,v1,1"), "plays.csv", 3, "idx", "duplicate (session_id, position)"),
+        (PLAYS.replace("bob,v2,0", "ann,v1,1"), "plays.csv", 3, "idx", "duplicate (session_id, position)"),
         (PLAYS.replace("ann,v1,1,t2", "ann,v1,1,t9"), "plays.csv", 2, "song",
          "track is not in the catalogue; got 't9'"),
         ("", "plays.csv", None, None, "the file is empty"),
@@ -179,7 +179,7 @@ def test_lenient_drops_bad_rows_and_counts_them(tmp_path):
         "cat,v3,0,t1,7",        # out of range
         "cat,v3,x,t1,0",        # not a number
         "cat,v3,y,t2,0",        # not a number
-        "dan,v1,1,t1,0",        # duplicate of ann's (v1, 1)
+        "ann,v1,1,t1,0",        # duplicate of ann's (v1, 1)
         "dan,v4,0,t404,0",      # not in the catalogue
         "eve,v5,0,t2,",         # fine: valence is optional
     ]) + "\n"
@@ -272,10 +272,10 @@ def test_situnes_sessions(situnes_dir):
 @pytest.mark.parametrize(
     "name, row, column, value, message",
     [
-        ("stage2_interactions.csv", 5, "emo_post_valence", "1.7", "out of range [-1.0, 1.0]; got 1.7"),
+        ("stage2_interactions.csv", 5, "emo_post_valence", "1.7", "out of range [-1.0, 1.0]; got '1.7'"),
         ("stage2_interactions.csv", 5, "emo_post_valence", "glad", "not a number; got 'glad'"),
         ("stage1_interactions.csv", 3, "item_id", "99999", "track is not in the catalogue; got '99999'"),
-        ("music_info.csv", 2, "duration", "-1", "track length (ms) must be positive; got -1.0"),
+        ("music_info.csv", 2, "duration", "-1", "track length (ms) must be positive; got '-1'"),
     ],
 )
 def test_situnes_bad_cell_names_file_row_column(situnes_dir, tmp_path, name, row, column, value, message):
@@ -283,8 +283,8 @@ def test_situnes_bad_cell_names_file_row_column(situnes_dir, tmp_path, name, row
     with pytest.raises(LogValidationError) as info:
         load_log("situnes", folder)
     err = info.value
-    assert (pathlib.Path(err.file).name, err.row, err.column) == (name, row, column)
-    assert f"{name}, row {row}, column '{column}': {message}" in str(err)
+    assert (pathlib.Path(err.file).name, err.row, err.column, err.line) == (name, row, column, row + 1)
+    assert f"{name}, row {row}, column '{column}': {message} (row {row} is line {row + 1} of the file)" in str(err)
 
 
 def test_situnes_lenient_drops_the_bad_row(situnes_dir, tmp_path):

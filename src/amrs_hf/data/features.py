@@ -16,7 +16,7 @@ from .schema import AUDIO_FEATURES, COHORTS, MODES, STATE_COLUMNS, ListeningLog
 
 @dataclasses.dataclass
 class AudioFeatureScaler:
-    """z-scores of the catalogue's audio features; NaN (a feature the source lacks) maps to 0."""
+    """z-scores of the catalogue's audio features; NaN (a feature the source lacks) maps to 0, as does ±inf."""
 
     mean: np.ndarray
     std: np.ndarray
@@ -25,7 +25,7 @@ class AudioFeatureScaler:
     @classmethod
     def fit(cls, catalogue: pd.DataFrame) -> "AudioFeatureScaler":
         values = catalogue[list(AUDIO_FEATURES)].to_numpy(dtype=np.float64)
-        present = ~np.isnan(values)
+        present = np.isfinite(values)  # validation refuses ±inf; should one slip in, it counts as missing
         count = np.maximum(present.sum(axis=0), 1)
         mean = np.where(present, values, 0.0).sum(axis=0) / count
         std = np.sqrt(np.where(present, (values - mean) ** 2, 0.0).sum(axis=0) / count)
@@ -33,6 +33,7 @@ class AudioFeatureScaler:
 
     def transform(self, frame: pd.DataFrame) -> np.ndarray:
         values = frame[list(self.names)].to_numpy(dtype=np.float64)
+        values = np.where(np.isfinite(values), values, np.nan)
         return np.nan_to_num((values - self.mean) / self.std).astype(np.float32)
 
     def to_dict(self) -> dict:

@@ -11,8 +11,8 @@ Mapping onto the schema (source column -> schema column):
 - The skip ladder -> `engagement`, the most specific true flag winning (skip_1, then skip_2, skip_3, not_skipped):
   `skip_1` (played very briefly) 0.1, `skip_2` (briefly) 0.25, `skip_3` (most of the track) 0.75,
   `not_skipped` (in full) 1.0; all four false -> null. These are rough listened fractions, not measured ones.
-- `date` (dd-mm-yy, or yyyy-mm-dd as in the full release) + `hour_of_day` -> `timestamp`, taken as UTC (MSSD does not
-  say which zone); plays of one hour share a timestamp, so order comes from `position`.
+- `date` (dd-mm-yy, or yyyy-mm-dd as in the full release) + `hour_of_day` (a whole number 0-23) -> `timestamp`, taken
+  as UTC (MSSD does not say which zone); plays of one hour share a timestamp, so order comes from `position`.
 - `context` = "context_type=editorial_playlist;shuffle=true" from `context_type` and `hist_user_behavior_is_shuffle`.
 - No rating, no affect, no mode or cohort. `logging_policy` and `propensity` stay null: nothing in MSSD names the
   policy that chose a track (`context_type` and `hist_user_behavior_reason_start` say how playback began, not which
@@ -25,14 +25,24 @@ own names, where the file has them. MSSD has no genre.
 
 from __future__ import annotations
 
-import collections
 import os
 
 import numpy as np
 import pandas as pd
 
 from ..schema import AUDIO_FEATURES
-from ..validation import FILE, ROW, LogValidationError, RowChecker, build_log, read_table, require_columns
+from ..validation import (
+    FILE,
+    LINE,
+    MAX_POSITION,
+    ROW,
+    LogValidationError,
+    RowChecker,
+    build_log,
+    epoch_seconds,
+    read_table,
+    require_columns,
+)
 from . import register_source
 
 LOG_FILES = ("log_very_small_joined_features.csv", "log_very_small.csv")
@@ -53,40 +63,39 @@ def load_mssd(path, *, lenient=False):
     if path is None:
         raise LogValidationError("the mssd source needs a folder or a log file", hint="Pass path= (CLI: --path).")
     file = _log_file(os.fspath(path))
-    raw = read_table(file)
+    raw = read_table(file, lenient=lenient)
     require_columns(raw, REQUIRED, file=file)
 
     checker = RowChecker(raw, lenient=lenient)
     for column in ("session_id", "track_id_clean", "session_position"):
         checker.not_null(column)
+    for column in ("session_id", "track_id_clean", "context_type"):
+        raw[column] = raw[column].str.strip()  # before the duplicate check: "s1 " is session "s1"
     checker.to_numeric("session_position")
-    position = raw["session_position"]
-    checker.flag((position < 1) | (position % 1 != 0), "session_position", "must be a whole number >= 1")
+    # Checked here, in MSSD's units (from 1), so that an error shows the file's value; position = this - 1 (int32).
+    checker.whole_number("session_position", 1, MAX_POSITION + 1)
     for column in (*ENGAGEMENT, SHUFFLE):
         _to_bool(checker, column)
     checker.to_numeric("hour_of_day")
-    checker.in_range("hour_of_day", 0, 23)
+    checker.whole_number("hour_of_day", 0, 23)
     text = raw["date"].str.strip()
-    day = pd.to_datetime(text, format="%d-%m-%y", errors="coerce", utc=True).fillna(
-        pd.to_datetime(text, format="%Y-%m-%d", errors="coerce", utc=True))
+    day = pd.to_datetime(text, format="%d-%m-%y", errors="coerce", utc=True)
+    day = day.fillna(pd.to_datetime(text, format="%Y-%m-%d", errors="coerce", utc=True).dt.as_unit(day.dt.unit))
     checker.flag(day.isna() & (text != ""), "date", "not a date (dd-mm-yy or yyyy-mm-dd)")
-    live = raw.loc[~checker.bad]  # last, so that a row dropped for another reason leaves no duplicate behind
-    checker.flag(live.duplicated(["session_id", "session_position"]).reindex(raw.index, fill_value=False),
-                 "session_position", "duplicate (session_id, session_position): another row has the same session "
-                 "and position")
-    raw = checker.kept().copy()
+    checker.unique(["session_id", "session_position"], "session_position",
+                   "duplicate (session_id, session_position): another row has the same session and position")
+    raw = checker.kept("plays").copy()
     day = day[raw.index]
-    for column in ("session_id", "track_id_clean", "context_type"):
-        raw[column] = raw[column].str.strip()
 
     flags = [raw[flag].eq(True) for flag in ENGAGEMENT]  # a null flag is not true
     plays = pd.DataFrame({
         FILE: raw[FILE],
         ROW: raw[ROW],
+        LINE: raw[LINE],
         "user_id": raw["session_id"],
         "session_id": raw["session_id"],
         "position": raw["session_position"] - 1,
-        "timestamp": (day - pd.Timestamp(0, tz="UTC")).dt.total_seconds() + raw["hour_of_day"] * 3600.0,
+        "timestamp": epoch_seconds(day) + raw["hour_of_day"] * 3600.0,
         "context": [_context(kind, shuffle) for kind, shuffle in zip(raw["context_type"], raw[SHUFFLE])],
         "track_id": raw["track_id_clean"],
         "engagement": np.select(flags, list(ENGAGEMENT.values()), default=np.nan),
@@ -94,14 +103,12 @@ def load_mssd(path, *, lenient=False):
 
     features = [column for column in AUDIO_FEATURES if column in raw.columns]
     catalogue = raw.drop_duplicates("track_id_clean")
-    catalogue = catalogue[[FILE, ROW, *features]].assign(
+    catalogue = catalogue[[FILE, ROW, LINE, *features]].assign(
         track_id=catalogue["track_id_clean"],
         duration_s=catalogue["duration"] if "duration" in raw.columns else np.nan,
     )
-    log = build_log(plays, catalogue, source="mssd", lenient=lenient, source_columns=SOURCE_COLUMNS,
-                    catalogue_source_columns=CATALOGUE_SOURCE_COLUMNS)
-    log.dropped = dict(collections.Counter(checker.reasons) + collections.Counter(log.dropped))
-    return log
+    return build_log(plays, catalogue, source="mssd", lenient=lenient, source_columns=SOURCE_COLUMNS,
+                     catalogue_source_columns=CATALOGUE_SOURCE_COLUMNS, dropped=checker.reasons)
 
 
 def _log_file(path: str) -> str:
