@@ -11,6 +11,8 @@ never played in train still has its audio features.
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Optional, Sequence
 
 import numpy as np
@@ -21,8 +23,11 @@ SPLIT_NAMES = ("train", "valid", "test")
 
 
 def _check_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
-    if len(fractions) != 3 or any(f < 0 for f in fractions) or not np.isclose(sum(fractions), 1.0):
-        raise ValueError(f"fractions must be three non-negative numbers (train, valid, test) summing to 1, got {fractions}")
+    if (len(fractions) != 3 or not all(isinstance(f, numbers.Real) and math.isfinite(f) and f >= 0 for f in fractions)
+            or not np.isclose(sum(fractions), 1.0)):
+        raise ValueError(
+            f"fractions must be three finite non-negative numbers (train, valid, test) summing to 1, got {fractions}"
+        )
     return tuple(float(f) for f in fractions)
 
 
@@ -61,9 +66,16 @@ def temporal_split(
 ) -> dict[str, ListeningLog]:
     """A global temporal split: train = plays before `cutoffs[0]`, valid = between, test = at or after `cutoffs[1]`.
 
-    Without `cutoffs`, they are the timestamp quantiles at the train and train+valid fractions. Every play needs a
-    timestamp.
+    Without `cutoffs`, they are the timestamp quantiles at the train and train+valid fractions; a part whose fraction
+    is 0 is empty (so (1, 0, 0) puts every play in train). `cutoffs` must be two finite numbers in time order. Every
+    play needs a timestamp.
     """
+    if cutoffs is not None:
+        if (len(cutoffs) != 2 or not all(isinstance(c, numbers.Real) and not isinstance(c, bool) and math.isfinite(c)
+                                         for c in cutoffs)):
+            raise ValueError(f"cutoffs must be two finite numbers (Unix seconds), got {cutoffs}")
+        if cutoffs[0] > cutoffs[1]:
+            raise ValueError(f"cutoffs must be in time order, got {cutoffs}")
     timestamps = log.plays.with_format("arrow")["timestamp"]
     missing = timestamps.null_count
     if missing:
@@ -73,10 +85,16 @@ def temporal_split(
         )
     values = timestamps.to_numpy(zero_copy_only=False)
     if cutoffs is None:
-        f_train, f_valid, _ = _check_fractions(fractions)
-        cutoffs = tuple(np.quantile(values, [f_train, f_train + f_valid], method="lower"))
+        f_train, f_valid, f_test = _check_fractions(fractions)
+        if not len(values):
+            return {name: log.subset([], cutoffs=(0.0, 0.0)) for name in SPLIT_NAMES}
+        first, second = (float(q) for q in np.quantile(values, [f_train, f_train + f_valid], method="lower"))
+        after_all = float(np.nextafter(values.max(), np.inf))  # later than every play
+        if f_test == 0:
+            second = after_all
+            if f_valid == 0:
+                first = after_all
+        cutoffs = (first, second)
     first, second = cutoffs
-    if first > second:
-        raise ValueError(f"cutoffs must be in time order, got {cutoffs}")
     masks = {"train": values < first, "valid": (values >= first) & (values < second), "test": values >= second}
     return {name: log.subset(np.flatnonzero(masks[name]), cutoffs=cutoffs) for name in SPLIT_NAMES}

@@ -40,13 +40,19 @@ def cohort_token(cohort: str) -> str:
 def build_track_tokenizer(
     track_ids: Iterable[str], modes: Sequence[str] = MODES, cohorts: Sequence[str] = COHORTS
 ) -> PreTrainedTokenizerFast:
-    """A tokenizer over `track_ids` (e.g. `log.catalogue["track_id"]`)."""
+    """A tokenizer over `track_ids` (e.g. `log.catalogue["track_id"]`). Track ids, modes and cohorts must be
+    non-empty strings without whitespace or '<' '>', each listed once (a repeat would leave a gap in the ids)."""
     track_ids = list(track_ids)
-    bad = [t for t in track_ids if not t or any(ch.isspace() or ch in "<>" for ch in t)]
-    if bad:
-        raise ValueError(f"track ids must be non-empty, without whitespace or '<' '>'; offending: {bad[:5]}")
-    if len(set(track_ids)) != len(track_ids):
-        raise ValueError("track ids must be unique")
+    for what, names in (("track ids", track_ids), ("modes", list(modes)), ("cohorts", list(cohorts))):
+        not_text = [name for name in names if not isinstance(name, str)]
+        if not_text:
+            raise TypeError(f"{what} must be strings (e.g. str(7), not 7); offending: {not_text[:5]}")
+        bad = [name for name in names if not name or any(ch.isspace() or ch in "<>" for ch in name)]
+        if bad:
+            raise ValueError(f"{what} must be non-empty, without whitespace or '<' '>'; offending: {bad[:5]}")
+        repeated = sorted({name for name in names if names.count(name) > 1}) if len(set(names)) != len(names) else []
+        if repeated:
+            raise ValueError(f"{what} must be unique; repeated: {repeated[:5]}")
     tokens = [*SPECIAL_TOKENS, *map(mode_token, modes), *map(cohort_token, cohorts), *map(track_token, track_ids)]
     backend = Tokenizer(models.WordLevel({tok: i for i, tok in enumerate(tokens)}, unk_token=UNK))
     backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
