@@ -2,6 +2,12 @@ import os
 import pathlib
 
 import pytest
+import torch
+
+# Tests build tiny models: one intra-op thread is fastest, and on a small shared machine more threads thrash
+# (a training test took 100 s with torch's default threads against 5 s with one). Subprocesses inherit the setting.
+torch.set_num_threads(1)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = pathlib.Path(os.environ.get("AMRS_SHARED_DATA", ROOT.parent / "shared" / "data"))
