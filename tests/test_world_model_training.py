@@ -120,3 +120,23 @@ def test_accelerate_launch_trains_on_two_processes(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Total train batch size (w. parallel, distributed & accumulation) = 8" in result.stdout + result.stderr
     assert AutoModel.from_pretrained(tmp_path / "wm").config.hidden_size == 16
+
+
+def test_mood_carries_forward_within_a_session_only():
+    import pandas as pd
+
+    from amrs_hf.models.world_model.processing_world_model import carry_mood_forward
+
+    plays = pd.DataFrame({
+        "session_id": ["a", "a", "a", "b"],
+        "valence": [0.2, 0.7, np.nan, 0.9],
+        "arousal": [0.3, 0.4, 0.5, 0.6],
+        "pre_valence": [np.nan, np.nan, 0.1, np.nan],
+        "pre_arousal": [np.nan, np.nan, np.nan, np.nan],
+    })
+    carried = carry_mood_forward(plays)
+    # first play of a session: nothing before it; an observed pre-state is kept; session b starts afresh
+    assert carried["pre_valence"].tolist()[1:3] == [0.2, 0.1] and np.isnan(carried["pre_valence"][0])
+    assert np.isnan(carried["pre_valence"][3]) and np.isnan(carried["pre_arousal"][3])
+    assert carried["pre_arousal"].tolist()[1:3] == [0.3, 0.4]
+    assert np.isnan(plays["pre_valence"][1]), "the input frame is not modified"

@@ -60,11 +60,25 @@ def set_catalogue(model: AmrsWorldModel, catalogue: pd.DataFrame, tokenizer) -> 
     model.set_catalogue_features(torch.tensor(features), torch.tensor(mean), torch.tensor(std))
 
 
+def carry_mood_forward(plays: pd.DataFrame) -> pd.DataFrame:
+    """Where a play has no pre-listening report, take the mood reported after the previous play of the same session
+    (mood carries over between consecutive tracks; a rollout feeds its sampled post-mood forward the same way).
+    `plays` must be in listening order; a copy is returned."""
+    plays = plays.copy()
+    same_session = plays["session_id"].eq(plays["session_id"].shift())
+    for post, pre in (("valence", "pre_valence"), ("arousal", "pre_arousal")):
+        previous = plays[post].shift().where(same_session)
+        plays[pre] = plays[pre].fillna(previous)
+    return plays
+
+
 def user_sequences(
-    log: ListeningLog, tokenizer, config: AmrsWorldModelConfig, max_length: int = 256, overlap: int = 0
+    log: ListeningLog, tokenizer, config: AmrsWorldModelConfig, max_length: int = 256, overlap: int = 0,
+    carry_mood: bool = True,
 ) -> list[dict]:
     """One dict per window of a listener's history, with lists keyed by the model's input names plus
-    `play_index` (rows of `log.plays`) and `score_from` (the first position this window predicts)."""
+    `play_index` (rows of `log.plays`) and `score_from` (the first position this window predicts). With
+    `carry_mood`, a missing pre-state is filled from the previous play's post-state in the same session."""
     if not 0 <= overlap < max_length:
         raise ValueError(f"overlap must be in [0, max_length={max_length}), got {overlap}")
     if max_length >= config.max_position_embeddings:
@@ -78,6 +92,8 @@ def user_sequences(
     frame["context_ids"] = frame["context"].map(contexts).fillna(0).astype(int)
     frame[list(FLOAT_INPUTS)] = frame[list(FLOAT_INPUTS)].astype(float)
     order = frame.sort_values(["user_id", "timestamp", "session_id", "position"], kind="stable", na_position="first")
+    if carry_mood:
+        order = carry_mood_forward(order)
     windows = []
     step = max_length - overlap
     for _, plays in order.groupby("user_id", sort=True):
