@@ -29,7 +29,11 @@ from amrs_hf.evaluation.synthetic_check import (
 )
 from amrs_hf.models.world_model import AmrsWorldModel
 from amrs_hf.models.world_model.processing_world_model import set_catalogue, world_model_config
-from amrs_hf.scripts.train_world_model import DataArguments, WorldModelArguments, WorldModelTrainingArguments
+from amrs_hf.models.world_model.training_world_model import (
+    DataArguments,
+    WorldModelArguments,
+    WorldModelTrainingArguments,
+)
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "synthetic" / "world_model" / "config_ceiling.yaml"

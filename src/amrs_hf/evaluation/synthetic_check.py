@@ -58,6 +58,12 @@ from scipy.special import ndtr
 from amrs_hf.data.schema import MODES, ListeningLog
 from amrs_hf.data.splits import cold_start_split
 from amrs_hf.data.synthetic import SessionState, SyntheticWorld, SyntheticWorldConfig
+from amrs_hf.models.world_model.training_world_model import (
+    DataArguments,
+    WorldModelArguments,
+    WorldModelTrainingArguments,
+    train_world_model,
+)
 from amrs_hf.data.tokenizer import track_token
 from amrs_hf.models.world_model.processing_world_model import WorldModelCollator, predict_plays, user_sequences
 from amrs_hf.simulation.rollout import StepContext, simulate
@@ -490,9 +496,6 @@ def evaluate_check(model, tokenizer, world, splits, test_truth, data_args, check
 def ceiling_check(data_args, model_args, training_args, check_args: Optional[SyntheticCheckArguments] = None) -> dict:
     """Generate the world's log with its truth, split it by listener, train the world model and the feature-only
     baseline on the train listeners and run the check (module doc). Returns one dict (see `render_markdown`)."""
-    # The trainer lives in the scripts layer; imported here so that the evaluation functions above stay below it.
-    from amrs_hf.scripts.train_world_model import train_world_model
-
     check_args = check_args or SyntheticCheckArguments()
     start = time.perf_counter()
     world, log, truth = generate_world(data_args)
@@ -577,8 +580,6 @@ def render_markdown(result: dict) -> str:
 
 def make_parser():
     from trl import TrlParser
-
-    from amrs_hf.scripts.train_world_model import DataArguments, WorldModelArguments, WorldModelTrainingArguments
 
     return TrlParser((SyntheticCheckArguments, DataArguments, WorldModelArguments, WorldModelTrainingArguments))
 

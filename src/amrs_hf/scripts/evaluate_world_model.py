@@ -29,7 +29,7 @@ from amrs_hf.data.tokenizer import build_track_tokenizer
 from amrs_hf.evaluation.baselines import BASELINES
 from amrs_hf.evaluation.fidelity import aggregate, calibration_plot, markdown_table, split_metrics
 from amrs_hf.models.world_model.processing_world_model import predict_plays
-from amrs_hf.scripts.train_world_model import (
+from amrs_hf.models.world_model.training_world_model import (
     DataArguments,
     WorldModelArguments,
     WorldModelTrainingArguments,

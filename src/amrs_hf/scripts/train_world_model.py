@@ -14,170 +14,24 @@ import dataclasses
 import json
 import os
 import sys
-from dataclasses import dataclass, field
-from typing import Optional, Union
 
-import datasets
 import numpy as np
-import torch
-from transformers import Trainer, TrainingArguments, set_seed
 from trl import TrlParser
 
 from amrs_hf.data import ListeningLog, load_log
-from amrs_hf.data.splits import cold_start_split, temporal_split
 from amrs_hf.data.tokenizer import build_track_tokenizer
 from amrs_hf.evaluation.metrics import outcome_metrics
-from amrs_hf.models.world_model import AmrsWorldModel
-from amrs_hf.simulation.ensemble import WorldModelEnsemble
-from amrs_hf.models.world_model.processing_world_model import (
-    WorldModelCollator,
-    combine_members,
-    predict_plays,
-    set_catalogue,
-    user_sequences,
-    world_model_config,
+from amrs_hf.models.world_model.processing_world_model import combine_members, predict_plays
+from amrs_hf.models.world_model.training_world_model import (  # noqa: F401  (re-exported for scripts and users)
+    DataArguments,
+    WorldModelArguments,
+    WorldModelTrainingArguments,
+    split_log,
+    train_world_model,
 )
+from amrs_hf.simulation.ensemble import WorldModelEnsemble
 
 TRAIN_CONFIG_FILE, EVAL_RESULTS_FILE = "train_config.json", "eval_results.json"
-
-
-def _as_dict(value, name: str) -> dict:
-    if value is None:
-        return {}
-    if isinstance(value, str):
-        try:
-            value = json.loads(value) if value.strip() else {}
-        except json.JSONDecodeError as err:
-            raise ValueError(f"--{name} must be a JSON object, e.g. '{{\"num_plays\": 5000}}': {err}") from None
-    if not isinstance(value, dict):
-        raise ValueError(f"{name} must be a mapping, got {value!r}")
-    return value
-
-
-@dataclass
-class DataArguments:
-    """Which log to learn from and how to hold listeners out."""
-
-    data_source: str = field(default="synthetic", metadata={"help": "Data source: situnes, mssd, generic, synthetic."})
-    data_path: Optional[str] = field(default=None, metadata={"help": "The source's folder or file."})
-    data_options: Union[dict, str, None] = field(  # `dict | str | None` makes HfArgumentParser take a string
-        default=None, metadata={"help": "Options of the source, e.g. {\"num_plays\": 20000} (JSON on the CLI)."}
-    )
-    split: str = field(
-        default="cold_start",
-        metadata={"help": "cold_start (user-disjoint), temporal (global cutoff), or none (train on everything)."},
-    )
-    split_fractions: list[float] = field(
-        default_factory=lambda: [0.8, 0.1, 0.1], metadata={"help": "train, valid, test shares."}
-    )
-    split_seed: int = field(default=0, metadata={"help": "Seed of the cold-start split."})
-    max_history: int = field(default=128, metadata={"help": "Plays per training window of a listener's history."})
-    engagement_threshold: float = field(
-        default=0.8, metadata={"help": "Engagement at or above which a play counts as listened through (metrics)."}
-    )
-
-    def __post_init__(self):
-        self.data_options = _as_dict(self.data_options, "data_options")
-        if self.split not in ("cold_start", "temporal", "none"):
-            raise ValueError(f"split must be cold_start, temporal or none, got {self.split!r}")
-
-
-@dataclass
-class WorldModelArguments:
-    """Architecture of the world model (see `AmrsWorldModelConfig` for each field's meaning)."""
-
-    hidden_size: int = field(default=64, metadata={"help": "Width of tokens and listener states."})
-    num_hidden_layers: int = field(default=2, metadata={"help": "Causal transformer blocks."})
-    num_attention_heads: int = field(default=4, metadata={"help": "Attention heads (divide hidden_size)."})
-    intermediate_size: int = field(default=256, metadata={"help": "MLP width."})
-    max_position_embeddings: int = field(
-        default=256,
-        metadata={"help": "Longest history (+1 start token) the model reads, rollouts included; >= max_history + 1. "
-                          "Positions beyond the training windows' length are untrained."},
-    )
-    dropout: float = field(default=0.1, metadata={"help": "Dropout in blocks, embeddings and head."})
-    track_id_dropout: float = field(default=0.1, metadata={"help": "Train-time share of hidden track IDs."})
-    use_history: bool = field(default=True, metadata={"help": "Ablation switch: False ignores past plays."})
-    feed_back_outcomes: bool = field(default=True, metadata={"help": "Ablation switch: False hides past outcomes."})
-    outcome_loss_weights: Union[dict, str, None] = field(
-        default=None, metadata={"help": "Outcome -> loss weight, e.g. {\"valence\": 2.0} (JSON on the CLI)."}
-    )
-
-    def __post_init__(self):
-        self.outcome_loss_weights = _as_dict(self.outcome_loss_weights, "outcome_loss_weights")
-
-
-@dataclass
-class WorldModelTrainingArguments(TrainingArguments):
-    """`TrainingArguments` with the world model's defaults: small CPU-friendly batches, eval and save per epoch,
-    the best checkpoint by validation loss kept."""
-
-    output_dir: str = field(default="outputs/world_model", metadata={"help": "Where the model is written."})
-    per_device_train_batch_size: int = field(default=16, metadata={"help": "Listener windows per batch."})
-    per_device_eval_batch_size: int = field(default=32, metadata={"help": "Listener windows per eval batch."})
-    learning_rate: float = field(default=1e-3, metadata={"help": "AdamW peak learning rate."})
-    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay."})
-    num_train_epochs: float = field(default=20.0, metadata={"help": "Passes over the training listeners."})
-    warmup_steps: float = field(default=0.05, metadata={"help": "Warm-up steps (a share of training if < 1)."})
-    eval_strategy: str = field(default="epoch", metadata={"help": "When to score the validation listeners."})
-    save_strategy: str = field(default="epoch", metadata={"help": "When to checkpoint."})
-    save_total_limit: Optional[int] = field(default=1, metadata={"help": "Checkpoints kept besides the best."})
-    load_best_model_at_end: bool = field(default=True, metadata={"help": "End on the lowest validation loss."})
-    logging_steps: float = field(default=10, metadata={"help": "Log every N steps."})
-    remove_unused_columns: bool = field(default=True, metadata={"help": "Drop window columns forward doesn't take."})
-    ensemble_size: int = field(
-        default=1,
-        metadata={"help": "Members trained with seeds seed, seed+1, ...; > 1 saves a WorldModelEnsemble folder."},
-    )
-
-
-def split_log(log: ListeningLog, data_args: DataArguments) -> dict[str, ListeningLog]:
-    if data_args.split == "cold_start":
-        return cold_start_split(log, data_args.split_fractions, seed=data_args.split_seed)
-    if data_args.split == "temporal":
-        return temporal_split(log, data_args.split_fractions)
-    return {"train": log, "valid": None, "test": None}
-
-
-def windows_dataset(log: ListeningLog, tokenizer, config, max_history: int) -> datasets.Dataset:
-    return datasets.Dataset.from_list(user_sequences(log, tokenizer, config, max_length=max_history))
-
-
-def train_world_model(
-    splits: dict[str, ListeningLog],
-    catalogue_log: ListeningLog,
-    data_args: DataArguments,
-    model_args: WorldModelArguments,
-    training_args: WorldModelTrainingArguments,
-    tokenizer=None,
-) -> tuple[AmrsWorldModel, object]:
-    """Build a world model for the catalogue, train it on `splits["train"]` (selecting on `splits["valid"]` when
-    given) and return it with its tokenizer. Nothing is written unless the training arguments ask for it."""
-    set_seed(training_args.seed)
-    tokenizer = tokenizer or build_track_tokenizer(catalogue_log.catalogue["track_id"])
-    architecture = {k: v for k, v in dataclasses.asdict(model_args).items() if k != "outcome_loss_weights"}
-    config = world_model_config(
-        splits["train"], tokenizer, outcome_loss_weights=model_args.outcome_loss_weights or None, **architecture,
-    )
-    model = AmrsWorldModel(config)
-    set_catalogue(model, catalogue_log.catalogue_frame(), tokenizer)
-    valid = splits.get("valid")
-    if valid is None or valid.num_plays == 0:
-        training_args = dataclasses.replace(
-            training_args, eval_strategy="no", load_best_model_at_end=False, save_strategy="no"
-        )
-        valid = None
-    trainer = Trainer(
-        model=model,
-        args=training_args,
-        train_dataset=windows_dataset(splits["train"], tokenizer, config, data_args.max_history),
-        eval_dataset=None if valid is None else windows_dataset(valid, tokenizer, config, data_args.max_history),
-        data_collator=WorldModelCollator(tokenizer.pad_token_id),
-        processing_class=tokenizer,
-    )
-    trainer.can_return_loss = True  # the loss comes from the outcomes in the batch, not from `labels`
-    trainer.train()
-    return trainer.model, tokenizer
 
 
 def fidelity(models, log: ListeningLog, tokenizer, data_args: DataArguments) -> dict:
