@@ -23,13 +23,13 @@ class AudioFeatureScaler:
     names: tuple = AUDIO_FEATURES
 
     @classmethod
-    def fit(cls, catalogue: pd.DataFrame) -> "AudioFeatureScaler":
-        values = catalogue[list(AUDIO_FEATURES)].to_numpy(dtype=np.float64)
+    def fit(cls, catalogue: pd.DataFrame, names=AUDIO_FEATURES) -> "AudioFeatureScaler":
+        values = catalogue[list(names)].to_numpy(dtype=np.float64)
         present = np.isfinite(values)  # validation refuses ±inf; should one slip in, it counts as missing
         count = np.maximum(present.sum(axis=0), 1)
         mean = np.where(present, values, 0.0).sum(axis=0) / count
         std = np.sqrt(np.where(present, (values - mean) ** 2, 0.0).sum(axis=0) / count)
-        return cls(mean=mean, std=np.where(std > 1e-8, std, 1.0))
+        return cls(mean=mean, std=np.where(std > 1e-8, std, 1.0), names=tuple(names))
 
     def transform(self, frame: pd.DataFrame) -> np.ndarray:
         values = frame[list(self.names)].to_numpy(dtype=np.float64)

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from amrs_hf.data.features import AudioFeatureScaler
 from amrs_hf.data.schema import AUDIO_FEATURES, OUTCOMES, STATE_COLUMNS, ListeningLog
 from amrs_hf.data.tokenizer import track_token
 
@@ -48,16 +49,11 @@ def world_model_config(log: ListeningLog, tokenizer, **architecture) -> AmrsWorl
 def set_catalogue(model: AmrsWorldModel, catalogue: pd.DataFrame, tokenizer) -> None:
     """Store the catalogue's audio features in the model, standardised with the catalogue's own statistics (no
     labels involved, so nothing leaks across a cold-start split)."""
-    raw = catalogue[list(model.config.audio_features)].to_numpy(dtype=np.float64)
-    present = ~np.isnan(raw)
-    count = np.maximum(present.sum(axis=0), 1)
-    mean = np.where(present, raw, 0.0).sum(axis=0) / count
-    std = np.sqrt(np.where(present, (raw - mean) ** 2, 0.0).sum(axis=0) / count)
-    std = np.where(std > 1e-8, std, 1.0)
-    features = np.zeros((model.config.vocab_size, len(mean)))
+    scaler = AudioFeatureScaler.fit(catalogue, model.config.audio_features)
+    features = np.zeros((model.config.vocab_size, len(scaler.names)))
     ids = tokenizer.convert_tokens_to_ids([track_token(t) for t in catalogue["track_id"]])
-    features[ids] = np.nan_to_num((raw - mean) / std)
-    model.set_catalogue_features(torch.tensor(features), torch.tensor(mean), torch.tensor(std))
+    features[ids] = scaler.transform(catalogue)
+    model.set_catalogue_features(torch.tensor(features), torch.tensor(scaler.mean), torch.tensor(scaler.std))
 
 
 def carry_mood_forward(plays: pd.DataFrame) -> pd.DataFrame:
