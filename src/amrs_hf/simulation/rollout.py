@@ -117,6 +117,8 @@ class RolloutResult:
     prefix_index: torch.Tensor  # (R,)
     disagreement: dict | None = None  # ensemble only: prediction name -> (R, horizon) std across members
     member_index: torch.Tensor | None = None  # ensemble only: (R, horizon) member the outcomes were sampled from
+    mode_ids: torch.Tensor | None = None  # (R,) the mode id every step was played in (the prefix's last play's)
+    cohort_ids: torch.Tensor | None = None  # (R,)
 
     def expected(self, name: str) -> torch.Tensor:
         """Expected outcome per step: engagement, rating (= like_prob), valence or arousal (the means)."""
@@ -226,7 +228,8 @@ def _simulate(world_model, prefix_batch, policy, horizon, num_rollouts, generato
         pre_valence=torch.stack([p[0] for p in pre_log], dim=1), pre_arousal=torch.stack([p[1] for p in pre_log], 1),
         pre_state_mask=torch.stack([p[2] for p in pre_log], dim=1), prefix_index=prefix_index,
         disagreement=stack(spread) if is_ensemble else None,
-        member_index=torch.stack(members, dim=1) if is_ensemble else None)
+        member_index=torch.stack(members, dim=1) if is_ensemble else None, mode_ids=step_ids["mode_ids"],
+        cohort_ids=step_ids["cohort_ids"])
 
 
 def _sample(predictions: dict, generator, engagement_sampling: str, device) -> dict:
