@@ -2,6 +2,7 @@
 
 import math
 import pathlib
+import re
 
 import pytest
 import torch
@@ -181,3 +182,11 @@ def test_score_validates_ids():
         score(utility, preds([0.5], [0.5]), [5], [0])
     with pytest.raises(ValueError, match="one id per row"):
         score(utility, preds([0.5, 0.5], [0.5, 0.5]), [1], [0, 0])
+
+
+def test_docs_example_runs():
+    docs = pathlib.Path(__file__).resolve().parents[1] / "docs" / "objectives.md"
+    block = next(b for b in re.findall(r"```python\n(.*?)```", docs.read_text(), flags=re.S) if "score(" in b)
+    namespace = {}
+    exec(block.replace('"recipes/objectives/', f'"{RECIPES}/'), namespace)
+    assert namespace["score"].total[0, 1] == -math.inf
