@@ -190,3 +190,12 @@ def test_docs_example_runs():
     namespace = {}
     exec(block.replace('"recipes/objectives/', f'"{RECIPES}/'), namespace)
     assert namespace["score"].total[0, 1] == -math.inf
+
+
+def test_objectives_import_only_data_and_models():
+    """Layering: objectives sit beside models, below simulation (StepContext scoring lives in simulation.scoring)."""
+    package = pathlib.Path(__file__).resolve().parents[1] / "src" / "amrs_hf" / "objectives"
+    for path in package.glob("*.py"):
+        for line in path.read_text().splitlines():
+            match = re.match(r"\s*(?:from|import) amrs_hf\.(\w+)", line)
+            assert match is None or match.group(1) in ("data", "models"), f"{path.name}: {line.strip()}"
