@@ -329,6 +329,8 @@ class Utility:
             candidate_ids = candidate_ids.expand(rows, -1)
         if candidate_features.dim() == 2:
             candidate_features = candidate_features.expand(rows, -1, -1)
+        if recent_ids.shape[1] == 0:  # no history yet: every candidate is new
+            return torch.ones(candidate_ids.shape, device=recent_ids.device)
         scale = math.sqrt(2 * candidate_features.shape[-1])
         distance = torch.cdist(candidate_features.float(), recent_features.float()) / scale  # (R, N, L)
         distance = distance.masked_fill(~recent_mask[:, None, :], math.inf)
