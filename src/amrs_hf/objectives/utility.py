@@ -158,6 +158,24 @@ class Utility:
         return cls.from_dict(PRESETS[name])
 
     @classmethod
+    def load(cls, spec) -> "Utility":
+        """From a preset name, a YAML file path, a mapping, or a `Utility` (returned as is): what a config's
+        `utility:` key holds."""
+        from .presets import PRESETS
+
+        if isinstance(spec, Utility):
+            return spec
+        if isinstance(spec, Mapping):
+            return cls.from_dict(spec)
+        if isinstance(spec, (str, Path)):
+            if str(spec) in PRESETS:
+                return cls.from_preset(str(spec))
+            if Path(spec).is_file():
+                return cls.from_yaml(spec)
+            raise ValueError(f"utility {spec!r} is neither a preset ({', '.join(PRESETS)}) nor an existing YAML file")
+        raise ValueError(f"utility must be a preset name, a YAML path or a mapping, got {type(spec).__name__}")
+
+    @classmethod
     def from_yaml(cls, path) -> "Utility":
         path = Path(path)
         data = yaml.safe_load(path.read_text())

@@ -154,3 +154,25 @@ class WorldModelEnsemble(nn.Module):
             model.score_candidates(states[:, i], candidate_ids, candidate_features, **step_inputs)
             for i, model in enumerate(self.members)
         ])
+
+
+def save_world_model(model, directory, **kwargs) -> None:
+    """Save a world model so that `AutoModel.from_pretrained(directory)` loads it (for an ensemble: member 0 at the
+    root, the other members in `member_<i>` beside an `ensemble.json` listing all of them, so `load_world_model`
+    and `WorldModelEnsemble.from_pretrained` load the whole ensemble)."""
+    root = Path(directory)
+    if not isinstance(model, WorldModelEnsemble):
+        model.save_pretrained(root, **kwargs)
+        return
+    root.mkdir(parents=True, exist_ok=True)
+    names = ["."] + [f"member_{i}" for i in range(1, len(model))]
+    for name, member in zip(names, model.members):
+        member.save_pretrained(root / name, **kwargs)
+    (root / ENSEMBLE_FILE).write_text(json.dumps({"members": names}, indent=2) + "\n")
+
+
+def load_world_model(directory, **kwargs):
+    """An `AmrsWorldModel`, or a `WorldModelEnsemble` where the folder has an `ensemble.json`."""
+    if (Path(directory) / ENSEMBLE_FILE).exists():
+        return WorldModelEnsemble.from_pretrained(directory, **kwargs)
+    return AmrsWorldModel.from_pretrained(directory, **kwargs)

@@ -1,0 +1,253 @@
+"""The whole job in one command: data, world model, behaviour cloning, preferences, DPO, evaluation, report.
+
+    amrs pipeline                                   # the quickstart on the embedded synthetic world
+    amrs pipeline --config recipes/situnes/pipeline/config_full.yaml --output-dir outputs/situnes
+
+The config is YAML with one section per stage (each section's keys are that stage's own options, as its standalone
+command takes them) plus `utility` (a preset name, a YAML file, or an inline mapping):
+
+    data:        DataArguments (source, split, history length)
+    world_model: WorldModelArguments + WorldModelTrainingArguments (incl. ensemble_size)
+    policy:      PolicyModelArguments + PolicyTrainingArguments + context / max_length / eval_k
+    utility:     mode_aware
+    preferences: PreferenceArguments (strategy: feedback_correction | rollout | both)
+    dpo:         AmrsDPOConfig (incl. rounds)
+    evaluation:  PolicyEvaluationArguments
+
+Output (the contract other tools read):
+
+    DIR/world_model/   DIR/policy_bc/   DIR/policy_dpo/     each loads with from_pretrained, with a model card
+    DIR/preferences/   the preference dataset (datasets.load_from_disk) of the last round, + summary.json
+    DIR/report/metrics.json, DIR/report/report.md + PNG plots
+    DIR/pipeline_config.json   the resolved config of every stage
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+from transformers import HfArgumentParser
+
+QUICKSTART = Path(__file__).resolve().parents[3] / "recipes" / "quickstart" / "pipeline" / "config_quickstart.yaml"
+SECTIONS = ("data", "world_model", "policy", "utility", "preferences", "dpo", "evaluation")
+POLICY_DATA_KEYS = ("context", "max_length", "eval_k")
+
+
+def load_config(path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"pipeline config {path} does not exist")
+    config = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: a pipeline config is a mapping of sections {SECTIONS}")
+    unknown = sorted(set(config) - set(SECTIONS))
+    if unknown:
+        raise ValueError(f"{path}: unknown section(s) {unknown}; valid sections: {', '.join(SECTIONS)}")
+    return config
+
+
+def parse_section(types, section: dict | None, name: str, **fixed):
+    """The section's dataclasses (HfArgumentParser.parse_dict), unknown keys refused with the section named."""
+    values = {**(section or {}), **fixed}
+    try:
+        return HfArgumentParser(types).parse_dict(values, allow_extra_keys=False)
+    except ValueError as err:
+        raise ValueError(f"pipeline config, section {name!r}: {err}") from None
+
+
+def _log(message: str) -> None:
+    print(f"[amrs pipeline {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def run_pipeline(config: dict, output_dir, show_progress: bool = True) -> dict:
+    """Run every stage of `config` (see the module doc) into `output_dir`; returns the metrics written."""
+    from datasets import Dataset  # noqa: F401  (imported late: a CLI call stays light until it runs)
+
+    from amrs_hf.data import load_log
+    from amrs_hf.data.tokenizer import build_track_tokenizer
+    from amrs_hf.evaluation.policies import PolicyEvaluationArguments, evaluate_policies
+    from amrs_hf.evaluation.report import write_report
+    from amrs_hf.evaluation.synthetic_check import generate_world, split_with_truth
+    from amrs_hf.hub import write_card
+    from amrs_hf.models.policy.dpo import AmrsDPOConfig, run_dpo
+    from amrs_hf.models.policy.training_policy import (
+        PolicyDataArguments, PolicyModelArguments, PolicyTrainingArguments, train_policy)
+    from amrs_hf.objectives import Utility
+    from amrs_hf.preferences import PreferenceArguments, build_preferences
+    from amrs_hf.scripts.train_policy import ranking_results
+    from amrs_hf.scripts.train_world_model import fidelity
+    from amrs_hf.models.world_model.training_world_model import (
+        DataArguments, WorldModelArguments, WorldModelTrainingArguments, split_log, train_world_model)
+    from amrs_hf.simulation.ensemble import WorldModelEnsemble, save_world_model
+    from amrs_hf.evaluation.policies import standard_policies
+
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    checkpoints = out / "checkpoints"
+    resolved = {}
+    started = time.time()
+
+    # ---- data ----
+    (data_args,) = parse_section((DataArguments,), config.get("data"), "data")
+    resolved["data"] = dataclasses.asdict(data_args)
+    world = truth = test_truth = None
+    if data_args.data_source == "synthetic" and not data_args.data_path:
+        world, log, truth = generate_world(data_args)
+    else:
+        log = load_log(data_args.data_source, data_args.data_path, **data_args.data_options)
+    if data_args.split != "cold_start":
+        raise ValueError("the pipeline evaluates on held-out listeners: data.split must be cold_start")
+    splits = split_log(log, data_args)
+    if world is not None:
+        _, test_truth = split_with_truth(log, truth, data_args)
+    tokenizer = build_track_tokenizer(log.catalogue["track_id"])
+    metrics = {"data": {
+        "source": data_args.data_source, "plays": log.num_plays, "tracks": len(log.catalogue),
+        **{f"{part}_listeners": len(splits[part].plays.unique("user_id")) for part in ("train", "valid", "test")},
+        **{f"{part}_plays": splits[part].num_plays for part in ("train", "valid", "test")},
+        "synthetic_truth": world is not None,
+    }}
+    _log(f"data: {json.dumps(metrics['data'])}")
+
+    # ---- world model ----
+    wm_model_args, wm_train_args = parse_section(
+        (WorldModelArguments, WorldModelTrainingArguments), config.get("world_model"), "world_model",
+        **{"output_dir": str(checkpoints / "world_model")})
+    wm_train_args.disable_tqdm = not show_progress
+    members = []
+    for member in range(wm_train_args.ensemble_size):
+        _log(f"world model: training member {member + 1}/{wm_train_args.ensemble_size}")
+        args = dataclasses.replace(wm_train_args, seed=wm_train_args.seed + member,
+                                   output_dir=str(checkpoints / "world_model" / f"member_{member}"))
+        members.append(train_world_model(splits, log, data_args, wm_model_args, args, tokenizer=tokenizer)[0])
+    world_model = members[0] if len(members) == 1 else WorldModelEnsemble(members)
+    world_model.eval()
+    wm_fidelity = fidelity(members, splits["test"], tokenizer, data_args)
+    metrics["world_model"] = {
+        "members": len(members),
+        "test": {o: {k: v for k, v in m.items() if k in ("r2", "pearson_r", "mae", "coverage90", "auc", "ece",
+                                                           "listened_auc", "n")} for o, m in wm_fidelity.items()},
+    }
+    save_world_model(world_model, out / "world_model")
+    tokenizer.save_pretrained(out / "world_model")
+    resolved["world_model"] = {"model": dataclasses.asdict(wm_model_args), "training": wm_train_args.to_dict()}
+    _log(f"world model: held-out R² valence {wm_fidelity['valence'].get('r2', float('nan')):.3f}, arousal "
+         f"{wm_fidelity['arousal'].get('r2', float('nan')):.3f}")
+
+    # ---- behaviour cloning ----
+    policy_section = dict(config.get("policy") or {})
+    policy_data = {k: policy_section.pop(k) for k in POLICY_DATA_KEYS if k in policy_section}
+    p_data_args = PolicyDataArguments(
+        data_source=data_args.data_source, data_path=data_args.data_path, data_options=data_args.data_options,
+        split_fractions=list(data_args.split_fractions), split_seed=data_args.split_seed, **policy_data)
+    p_model_args, p_train_args = parse_section(
+        (PolicyModelArguments, PolicyTrainingArguments), policy_section, "policy",
+        output_dir=str(checkpoints / "policy_bc"))
+    p_train_args.disable_tqdm = not show_progress
+    _log("behaviour cloning")
+    bc, _ = train_policy(splits, log, p_data_args, p_model_args, p_train_args, tokenizer=tokenizer)
+    bc.eval()
+    bc_ranking = ranking_results(bc, tokenizer, splits["test"], splits["train"], p_data_args)
+    bc.save_pretrained(out / "policy_bc")
+    tokenizer.save_pretrained(out / "policy_bc")
+    resolved["policy"] = {"data": dataclasses.asdict(p_data_args), "model": dataclasses.asdict(p_model_args),
+                          "training": p_train_args.to_dict()}
+    _log(f"behaviour cloning: held-out {json.dumps({k: v for k, v in bc_ranking.items() if '@' in k})}")
+
+    # ---- utility and preferences ----
+    utility = Utility.load(config.get("utility", "mode_aware"))
+    resolved["utility"] = utility.to_dict()
+    (pref_args,) = parse_section((PreferenceArguments,), config.get("preferences"), "preferences")
+    resolved["preferences"] = dataclasses.asdict(pref_args)
+    dpo_section = dict(config.get("dpo") or {})
+    (dpo_args,) = parse_section((AmrsDPOConfig,), dpo_section, "dpo", output_dir=str(checkpoints / "policy_dpo"))
+    dpo_args.disable_tqdm = not show_progress
+    resolved["dpo"] = dpo_args.to_dict()
+    policy, rounds, preference_summaries = bc, [], []
+    for round_index in range(dpo_args.rounds):
+        _log(f"preferences (round {round_index + 1}/{dpo_args.rounds}, strategy {pref_args.strategy})")
+        round_args = dataclasses.replace(pref_args, seed=pref_args.seed + round_index)
+        pairs = build_preferences(world_model, tokenizer, splits["train"], utility, round_args, policy_model=policy,
+                                  max_history=data_args.max_history, show_progress=show_progress)
+        summary = pairs.summary()
+        preference_summaries.append(summary)
+        dataset = pairs.to_dataset()
+        _log(f"preferences: {json.dumps(summary)}")
+        _log(f"DPO round {round_index + 1}/{dpo_args.rounds} on {len(dataset)} pairs")
+        round_config = dataclasses.replace(dpo_args, output_dir=str(checkpoints / f"policy_dpo_round_{round_index}"))
+        policy = run_dpo(round_config, policy=policy, reference=bc, tokenizer=tokenizer, train_dataset=dataset)
+        policy.eval()
+        rounds.append(summary)
+    dataset.save_to_disk(str(out / "preferences"))
+    (out / "preferences" / "summary.json").write_text(json.dumps({"rounds": preference_summaries}, indent=2))
+    policy.save_pretrained(out / "policy_dpo")
+    tokenizer.save_pretrained(out / "policy_dpo")
+    dpo_ranking = ranking_results(policy, tokenizer, splits["test"], splits["train"], p_data_args)
+
+    # ---- evaluation ----
+    (eval_args,) = parse_section((PolicyEvaluationArguments,), config.get("evaluation"), "evaluation")
+    resolved["evaluation"] = dataclasses.asdict(eval_args)
+    policies = standard_policies(world_model, tokenizer, utility, bc, policy, splits["train"])
+    _log(f"evaluating {', '.join(policies)} on held-out listeners")
+    evaluation = evaluate_policies(world_model, tokenizer, utility, policies, splits["test"], eval_args,
+                                   max_history=data_args.max_history, world=world, truth=test_truth,
+                                   show_progress=show_progress)
+    metrics["policies"] = evaluation["policies"]
+    metrics["policies"]["bc"]["ranking"] = bc_ranking
+    metrics["policies"]["dpo"]["ranking"] = dpo_ranking
+    metrics["preferences"] = {"rounds": preference_summaries}
+    metrics["evaluation"] = evaluation["setup"]
+    metrics["runtime_s"] = round(time.time() - started, 1)
+    write_report(metrics, evaluation["track_counts"], str(out / "report"))
+
+    # ---- cards and the resolved config ----
+    source = [data_args.data_source]
+    write_card(out / "world_model", "amrs_world_model", "amrs world model", metrics["world_model"], datasets=source)
+    write_card(out / "policy_bc", "amrs_policy", "amrs policy (behaviour cloning)",
+               {"ranking": bc_ranking, "rollouts": _card_figures(metrics["policies"]["bc"])}, datasets=source)
+    write_card(out / "policy_dpo", "amrs_policy", "amrs policy (DPO in the world model)",
+               {"ranking": dpo_ranking, "rollouts": _card_figures(metrics["policies"]["dpo"]),
+                "preferences": preference_summaries[-1]}, datasets=source)
+    (out / "pipeline_config.json").write_text(json.dumps(resolved, indent=2, default=str))
+    _log(f"done in {metrics['runtime_s']:.0f} s: {out / 'report' / 'report.md'}")
+    return metrics
+
+
+def _card_figures(entry: dict) -> dict:
+    keep = ("predicted", "oracle", "diversity", "kl_to_bc", "utility_gain_vs_bc", "oracle_utility_gain_vs_bc")
+    return {k: copy.deepcopy(entry[k]) for k in keep if k in entry}
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="amrs pipeline", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default=None,
+                        help=f"pipeline YAML (default: the quickstart, {QUICKSTART.relative_to(QUICKSTART.parents[3])})")
+    parser.add_argument("--output-dir", "--output_dir", dest="output_dir", default=None,
+                        help="where everything is written (default: outputs/<config name>)")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars (logs stay)")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = make_parser().parse_args(argv)
+    path = Path(args.config) if args.config else QUICKSTART
+    if args.config is None and not QUICKSTART.exists():
+        raise FileNotFoundError(f"the quickstart config {QUICKSTART} is missing (amrs_hf not run from a source "
+                                "checkout?): pass --config")
+    config = load_config(path)
+    output_dir = args.output_dir or str(Path("outputs") / path.stem.removeprefix("config_"))
+    np.seterr(all="ignore")
+    run_pipeline(config, output_dir, show_progress=not args.no_progress)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
