@@ -44,7 +44,7 @@ def test_cloning_learns_next_tracks(tmp_path):
     model.eval()
     with torch.no_grad():
         trained_loss = model(**held_out).loss.item()
-    assert trained_loss < initial_loss - 0.3, (initial_loss, trained_loss)
+    assert trained_loss < initial_loss - 0.25, (initial_loss, trained_loss)  # held out; fell 4.24 -> 3.87
     assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
 
     metrics = next_track_metrics(model, tokenizer, splits["test"], splits["train"], k=10, max_length=32)

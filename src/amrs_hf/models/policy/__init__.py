@@ -2,7 +2,7 @@
 
 from .configuration_policy import AmrsPolicyConfig
 from .modeling_policy import AmrsPolicyForCausalLM, AmrsPolicyModel, AmrsPolicyPreTrainedModel
-from .tokenization_policy import TrackOnlyLogitsProcessor, encode_prompts, prompt_text, recommend
+from .tokenization_policy import TrackOnlyLogitsProcessor, completion_log_probs, encode_prompts, prompt_text, recommend
 
 __all__ = [
     "AmrsPolicyConfig",
@@ -10,6 +10,7 @@ __all__ = [
     "AmrsPolicyModel",
     "AmrsPolicyPreTrainedModel",
     "TrackOnlyLogitsProcessor",
+    "completion_log_probs",
     "encode_prompts",
     "prompt_text",
     "recommend",

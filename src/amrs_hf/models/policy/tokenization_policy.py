@@ -28,16 +28,16 @@ def prompt_text(mode: Optional[str], cohort: Optional[str], history_track_ids: S
     return " ".join(tokens)
 
 
-def with_bos(text: str, tokenizer) -> str:
-    """`text` starting with the tokenizer's `<bos>` (added when missing)."""
+def with_bos(text: str, bos_token: str = "<bos>") -> str:
+    """`text` starting with `bos_token` (added when missing)."""
     text = text.strip()
-    return text if text.split(" ", 1)[0] == tokenizer.bos_token else f"{tokenizer.bos_token} {text}".strip()
+    return text if text.split(" ", 1)[0] == bos_token else f"{bos_token} {text}".strip()
 
 
 def encode_prompts(tokenizer, prompts: Sequence[str]) -> dict:
     """Left-padded `input_ids` / `attention_mask` (B, T) for `generate`, each prompt led by `<bos>`. A token outside
     the vocabulary (an unknown track, mode or cohort) raises, naming it."""
-    texts = [with_bos(p, tokenizer) for p in prompts]
+    texts = [with_bos(p, tokenizer.bos_token) for p in prompts]
     vocab = tokenizer.get_vocab()
     for i, text in enumerate(texts):
         unknown = [tok for tok in text.split() if tok not in vocab]
@@ -95,4 +95,30 @@ def recommend(model, tokenizer, prompts: Sequence[str], num_tracks: int = 10, nu
     return [text_to_tracks(text) for text in tokenizer.batch_decode(new_tokens)]
 
 
-__all__ = ["TrackOnlyLogitsProcessor", "encode_prompts", "prompt_text", "recommend", "with_bos"]
+@torch.no_grad()
+def completion_log_probs(model, tokenizer, prompts: Sequence[str], completions: Sequence[str]) -> torch.Tensor:
+    """log p(completion | prompt) under `model` for each pair, summed over the completion's tokens (the quantity DPO
+    compares with the reference's). Prompts get `<bos>` when they lack it."""
+    if len(prompts) != len(completions):
+        raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
+    vocab = tokenizer.get_vocab()
+    sequences, starts = [], []
+    for prompt, completion in zip(prompts, completions):
+        prompt_ids = [vocab[t] for t in with_bos(prompt, tokenizer.bos_token).split()]
+        completion_ids = [vocab[t] for t in completion.split()]
+        sequences.append(prompt_ids + completion_ids)
+        starts.append(len(prompt_ids))
+    length = max(map(len, sequences))
+    input_ids = torch.tensor([s + [tokenizer.pad_token_id] * (length - len(s)) for s in sequences])
+    attention_mask = torch.tensor([[1] * len(s) + [0] * (length - len(s)) for s in sequences])
+    model.eval()
+    log_probs = model(input_ids=input_ids.to(model.device), attention_mask=attention_mask.to(model.device)).logits
+    log_probs = log_probs.float().log_softmax(-1).cpu()
+    token_log_probs = log_probs[:, :-1].gather(-1, input_ids[:, 1:, None])[..., 0]  # position t predicts t + 1
+    positions = torch.arange(1, length)[None]
+    scored = (positions >= torch.tensor(starts)[:, None]) & attention_mask[:, 1:].bool()
+    return (token_log_probs * scored).sum(1)
+
+
+__all__ = ["TrackOnlyLogitsProcessor", "completion_log_probs", "encode_prompts", "prompt_text", "recommend",
+           "with_bos"]
