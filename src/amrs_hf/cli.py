@@ -11,6 +11,8 @@ COMMANDS = {
     "data": ("amrs_hf.scripts.data", "describe, generate and calibrate listening logs"),
     "train-world-model": ("amrs_hf.scripts.train_world_model", "train the world model on a listening log"),
     "evaluate-world-model": ("amrs_hf.scripts.evaluate_world_model", "world-model fidelity under cold start"),
+    "train-policy": ("amrs_hf.scripts.train_policy", "clone the recommender policy from a listening log"),
+    "dpo": ("amrs_hf.scripts.dpo", "fine-tune the policy with DPO on preference pairs"),
 }
 
 
