@@ -8,10 +8,12 @@ import sys
 
 # subcommand -> (module, one-line help)
 COMMANDS = {
+    "pipeline": ("amrs_hf.scripts.pipeline", "the whole job: data, world model, cloning, DPO, evaluation, report"),
     "data": ("amrs_hf.scripts.data", "describe, generate and calibrate listening logs"),
     "train-world-model": ("amrs_hf.scripts.train_world_model", "train the world model on a listening log"),
     "evaluate-world-model": ("amrs_hf.scripts.evaluate_world_model", "world-model fidelity under cold start"),
     "train-policy": ("amrs_hf.scripts.train_policy", "clone the recommender policy from a listening log"),
+    "build-preferences": ("amrs_hf.scripts.build_preferences", "world-model-scored preference pairs for DPO"),
     "dpo": ("amrs_hf.scripts.dpo", "fine-tune the policy with DPO on preference pairs"),
 }
 

@@ -18,7 +18,8 @@ from collections import Counter
 
 import datasets
 
-from amrs_hf.data.tokenizer import cohort_token, mode_token, tracks_to_text
+from amrs_hf.data.tokenizer import tracks_to_text
+from amrs_hf.models.policy.tokenization_policy import prompt_text
 
 PAIR_FEATURES = datasets.Features({
     "prompt": datasets.Value("string"),
@@ -36,14 +37,6 @@ DROP_REASONS = ("tie", "identical", "empty", "infeasible")
 
 class EmptyPreferencesError(ValueError):
     """No usable pair was built: DPO would learn nothing."""
-
-
-def prompt_text(mode: str | None, cohort: str | None, history_track_ids) -> str:
-    """`<mode:m> <cohort:c> t:a t:b ...` (unknown mode or cohort left out): what the policy reads before a track."""
-    parts = [mode_token(mode)] if mode else []
-    parts += [cohort_token(cohort)] if cohort else []
-    history = tracks_to_text(history_track_ids)
-    return " ".join(parts + ([history] if history else []))
 
 
 def completion_text(track_ids) -> str:

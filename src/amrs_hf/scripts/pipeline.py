@@ -82,13 +82,17 @@ def run_pipeline(config: dict, output_dir, show_progress: bool = True) -> dict:
         PolicyDataArguments, PolicyModelArguments, PolicyTrainingArguments, train_policy)
     from amrs_hf.objectives import Utility
     from amrs_hf.preferences import PreferenceArguments, build_preferences
-    from amrs_hf.scripts.train_policy import ranking_results
+    from amrs_hf.evaluation.ranking import next_track_metrics
     from amrs_hf.scripts.train_world_model import fidelity
     from amrs_hf.models.world_model.training_world_model import (
         DataArguments, WorldModelArguments, WorldModelTrainingArguments, split_log, train_world_model)
     from amrs_hf.simulation.ensemble import WorldModelEnsemble, save_world_model
     from amrs_hf.evaluation.policies import standard_policies
 
+    if not show_progress:
+        import datasets
+
+        datasets.disable_progress_bars()
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     checkpoints = out / "checkpoints"
@@ -155,7 +159,11 @@ def run_pipeline(config: dict, output_dir, show_progress: bool = True) -> dict:
     _log("behaviour cloning")
     bc, _ = train_policy(splits, log, p_data_args, p_model_args, p_train_args, tokenizer=tokenizer)
     bc.eval()
-    bc_ranking = ranking_results(bc, tokenizer, splits["test"], splits["train"], p_data_args)
+    def ranking(model):
+        return next_track_metrics(model, tokenizer, splits["test"], splits["train"], k=p_data_args.eval_k,
+                                  context=p_data_args.context, max_length=p_data_args.max_length)
+
+    bc_ranking = ranking(bc)
     bc.save_pretrained(out / "policy_bc")
     tokenizer.save_pretrained(out / "policy_bc")
     resolved["policy"] = {"data": dataclasses.asdict(p_data_args), "model": dataclasses.asdict(p_model_args),
@@ -171,7 +179,7 @@ def run_pipeline(config: dict, output_dir, show_progress: bool = True) -> dict:
     (dpo_args,) = parse_section((AmrsDPOConfig,), dpo_section, "dpo", output_dir=str(checkpoints / "policy_dpo"))
     dpo_args.disable_tqdm = not show_progress
     resolved["dpo"] = dpo_args.to_dict()
-    policy, rounds, preference_summaries = bc, [], []
+    policy, preference_summaries = copy.deepcopy(bc), []  # DPO trains in place; bc stays the cloned policy
     for round_index in range(dpo_args.rounds):
         _log(f"preferences (round {round_index + 1}/{dpo_args.rounds}, strategy {pref_args.strategy})")
         round_args = dataclasses.replace(pref_args, seed=pref_args.seed + round_index)
@@ -185,12 +193,11 @@ def run_pipeline(config: dict, output_dir, show_progress: bool = True) -> dict:
         round_config = dataclasses.replace(dpo_args, output_dir=str(checkpoints / f"policy_dpo_round_{round_index}"))
         policy = run_dpo(round_config, policy=policy, reference=bc, tokenizer=tokenizer, train_dataset=dataset)
         policy.eval()
-        rounds.append(summary)
     dataset.save_to_disk(str(out / "preferences"))
     (out / "preferences" / "summary.json").write_text(json.dumps({"rounds": preference_summaries}, indent=2))
     policy.save_pretrained(out / "policy_dpo")
     tokenizer.save_pretrained(out / "policy_dpo")
-    dpo_ranking = ranking_results(policy, tokenizer, splits["test"], splits["train"], p_data_args)
+    dpo_ranking = ranking(policy)
 
     # ---- evaluation ----
     (eval_args,) = parse_section((PolicyEvaluationArguments,), config.get("evaluation"), "evaluation")

@@ -114,10 +114,12 @@ def load_preferences(path: str):
     return loaded, None
 
 
-def run_dpo(config: AmrsDPOConfig, policy=None, tokenizer=None, train_dataset=None, eval_dataset=None):
+def run_dpo(config: AmrsDPOConfig, policy=None, tokenizer=None, train_dataset=None, eval_dataset=None,
+            reference=None):
     """Fine-tune `policy` (default: loaded from `config.policy_path`) on the preference pairs `train_dataset`
-    (default: loaded from `config.preferences_path`) against a frozen copy of itself; save the result (LoRA merged),
-    its tokenizer and `train_config.json` to `config.output_dir`, and return the trained model."""
+    (default: loaded from `config.preferences_path`) against `reference` (default: a frozen copy of the policy as
+    given; iterative DPO passes the cloned policy so every round stays anchored to it); save the result (LoRA
+    merged), its tokenizer and `train_config.json` to `config.output_dir`, and return the trained model."""
     if policy is None or tokenizer is None:
         if not config.policy_path:
             raise ValueError("give a policy and tokenizer, or policy_path (an `amrs train-policy` output folder)")
@@ -135,7 +137,7 @@ def run_dpo(config: AmrsDPOConfig, policy=None, tokenizer=None, train_dataset=No
     if config.max_length is None or config.max_length > limit:
         config.max_length = limit  # TRL truncates prompt + completion to what the policy can read
 
-    reference = copy.deepcopy(policy).eval().requires_grad_(False)
+    reference = copy.deepcopy(policy if reference is None else reference).eval().requires_grad_(False)
     peft_config = None
     if config.use_lora:
         from peft import LoraConfig
