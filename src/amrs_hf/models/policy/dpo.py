@@ -56,7 +56,8 @@ class AmrsDPOConfig(DPOConfig):
         metadata={"help": "Module names that get adapters (the policy's attention and MLP projections)."},
     )
     rounds: int = field(
-        default=1, metadata={"help": "Rounds of iterative DPO (pairs re-scored between rounds; driven by the pipeline)."}
+        default=1,
+        metadata={"help": "Rounds of iterative DPO (pairs re-scored between rounds; driven by the pipeline)."},
     )
     # Defaults overridden from DPOConfig / TrainingArguments.
     output_dir: str = field(default="outputs/policy_dpo", metadata={"help": "Where the fine-tuned policy is written."})
@@ -148,7 +149,7 @@ def run_dpo(config: AmrsDPOConfig, policy=None, tokenizer=None, train_dataset=No
     model = trainer.accelerator.unwrap_model(trainer.model)
     if config.use_lora:
         model = model.merge_and_unload()
-    model.__dict__.pop("forward", None)  # TRL patches forward with a fused LM head on the instance; restore the class's
+    model.__dict__.pop("forward", None)  # TRL patched forward (fused LM head) on the instance; restore the class's
     if trainer.args.should_save:
         os.makedirs(config.output_dir, exist_ok=True)
         model.save_pretrained(config.output_dir)
