@@ -79,8 +79,9 @@ class AmrsDPOConfig(DPOConfig):
 
 
 def _normalise(example: dict, bos_token: str) -> dict:
-    return {"prompt": with_bos(example["prompt"], bos_token), **{name: example[name] if example[name].startswith(" ") else " " + example[name]
-                                 for name in ("chosen", "rejected")}}
+    spaced = {name: example[name] if example[name].startswith(" ") else " " + example[name]
+              for name in ("chosen", "rejected")}
+    return {"prompt": with_bos(example["prompt"], bos_token), **spaced}
 
 
 def prepare_preferences(dataset: datasets.Dataset, tokenizer, name: str = "preferences") -> datasets.Dataset:
