@@ -237,6 +237,11 @@ def test_cached_greedy_generation_equals_recompute(tokenizer):
     assert lengths[-1] == batch["input_ids"].shape[1] + 11, "without it the whole sequence is recomputed"
     assert torch.equal(cached, recomputed)
     assert len(set(cached[:, -12:].flatten().tolist())) > 3  # not a degenerate constant sequence
+    with torch.no_grad():  # the pre-transformers-5 keyword reaches the cache too
+        first = model(**batch, use_cache=True)
+        mask = torch.cat([batch["attention_mask"], torch.ones(3, 1, dtype=torch.long)], 1)
+        step = model(input_ids=cached[:, -12:-11], attention_mask=mask, past_key_values=first.cache)
+    assert torch.equal(step.logits[:, -1].argmax(-1), cached[:, -11])
 
 
 # ---- generation ----

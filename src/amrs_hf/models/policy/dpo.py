@@ -56,7 +56,8 @@ class AmrsDPOConfig(DPOConfig):
         metadata={"help": "Module names that get adapters (the policy's attention and MLP projections)."},
     )
     rounds: int = field(
-        default=1, metadata={"help": "Rounds of iterative DPO (pairs re-scored between rounds; driven by the pipeline)."}
+        default=1,
+        metadata={"help": "Rounds of iterative DPO (pairs re-scored between rounds; driven by the pipeline)."},
     )
     # Defaults overridden from DPOConfig / TrainingArguments.
     output_dir: str = field(default="outputs/policy_dpo", metadata={"help": "Where the fine-tuned policy is written."})
@@ -78,8 +79,9 @@ class AmrsDPOConfig(DPOConfig):
 
 
 def _normalise(example: dict, bos_token: str) -> dict:
-    return {"prompt": with_bos(example["prompt"], bos_token), **{name: example[name] if example[name].startswith(" ") else " " + example[name]
-                                 for name in ("chosen", "rejected")}}
+    spaced = {name: example[name] if example[name].startswith(" ") else " " + example[name]
+              for name in ("chosen", "rejected")}
+    return {"prompt": with_bos(example["prompt"], bos_token), **spaced}
 
 
 def prepare_preferences(dataset: datasets.Dataset, tokenizer, name: str = "preferences") -> datasets.Dataset:
@@ -150,7 +152,7 @@ def run_dpo(config: AmrsDPOConfig, policy=None, tokenizer=None, train_dataset=No
     model = trainer.accelerator.unwrap_model(trainer.model)
     if config.use_lora:
         model = model.merge_and_unload()
-    model.__dict__.pop("forward", None)  # TRL patches forward with a fused LM head on the instance; restore the class's
+    model.__dict__.pop("forward", None)  # TRL patched forward (fused LM head) on the instance; restore the class's
     if trainer.args.should_save:
         os.makedirs(config.output_dir, exist_ok=True)
         model.save_pretrained(config.output_dir)

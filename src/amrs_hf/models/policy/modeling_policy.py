@@ -122,6 +122,7 @@ class AmrsPolicyModel(AmrsPolicyPreTrainedModel):
                 inputs_embeds=None, use_cache=None, **kwargs) -> BaseModelOutputWithPast:
         """`input_ids` (B, T) follow whatever `cache` holds. `attention_mask` (B, past + T) marks real tokens (left or
         right padding); positions count real tokens only, so a left-padded prompt starts at position 0."""
+        cache = kwargs.pop("past_key_values", cache)  # the pre-5 name, still accepted
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
         hidden = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
@@ -185,6 +186,7 @@ class AmrsPolicyForCausalLM(AmrsPolicyPreTrainedModel, GenerationMixin):
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, cache: Cache | None = None,
                 inputs_embeds=None, labels=None, use_cache=None, logits_to_keep: int = 0,
                 **kwargs) -> CausalLMOutputWithPast:
+        cache = kwargs.pop("past_key_values", cache)  # the pre-5 name, still accepted
         outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                              cache=cache, inputs_embeds=inputs_embeds, use_cache=use_cache)
         hidden = outputs.last_hidden_state
