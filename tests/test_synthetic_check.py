@@ -1,4 +1,4 @@
-"""The synthetic check with known truth (amrs_hf.evaluation.synthetic_check): its pieces, its verdicts, and the check
+"""The synthetic check with known truth (amrs_hf.evaluation.synthetic_check, `amrs synthetic-check`): its pieces, its verdicts, and the check
 itself on a small world."""
 
 import json
@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from amrs_hf.cli import main as amrs
 from amrs_hf.data.tokenizer import build_track_tokenizer
 from amrs_hf.evaluation.baselines import FeatureOnly
 from amrs_hf.evaluation.synthetic_check import (
@@ -19,8 +20,6 @@ from amrs_hf.evaluation.synthetic_check import (
     evaluate_check,
     generate_world,
     history_rank,
-    main,
-    make_parser,
     observable_bound,
     render_markdown,
     score_against_ceiling,
@@ -34,6 +33,7 @@ from amrs_hf.models.world_model.training_world_model import (
     WorldModelArguments,
     WorldModelTrainingArguments,
 )
+from amrs_hf.scripts.synthetic_check import make_parser
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "synthetic" / "world_model" / "config_ceiling.yaml"
@@ -218,11 +218,11 @@ def test_ceiling_criterion_at_full_size(tmp_path):
 
 # ---- the recipe command ----
 def test_recipe_command_runs(tmp_path):
-    """The README's command with the recipe, shrunk to a tiny world and one epoch: it writes the JSON and Markdown
-    and its exit status is the verdict."""
+    """The README's command (`amrs synthetic-check`) with the recipe, shrunk to a tiny world and one epoch: it writes
+    the JSON and Markdown and its exit status is the verdict."""
     assert RECIPE.is_file()
     out = tmp_path / "check"
-    status = main(["--config", str(RECIPE), "--output_dir", str(out), "--data_options", json.dumps(SMALL_WORLD),
+    status = amrs(["synthetic-check", "--config", str(RECIPE), "--output_dir", str(out), "--data_options", json.dumps(SMALL_WORLD),
                    "--split_fractions", "0.6", "0.1", "0.3", "--max_history", "32", "--num_train_epochs", "1",
                    "--hidden_size", "32", "--intermediate_size", "64", "--eval_strategy", "no", "--save_strategy",
                    "no", "--load_best_model_at_end", "false", "--num_prefixes", "8", "--horizon", "4",
@@ -231,3 +231,9 @@ def test_recipe_command_runs(tmp_path):
     assert status == (0 if result["passed"] else 1)
     assert (out / "synthetic_check.md").read_text().startswith("## Synthetic check with known truth")
     assert result["setup"]["plays"] == SMALL_WORLD["num_plays"]
+
+
+def test_command_help(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        amrs(["synthetic-check", "--help"])
+    assert exit_.value.code == 0 and "--min_ratio" in capsys.readouterr().out

@@ -11,6 +11,7 @@ COMMANDS = {
     "data": ("amrs_hf.scripts.data", "describe, generate and calibrate listening logs"),
     "train-world-model": ("amrs_hf.scripts.train_world_model", "train the world model on a listening log"),
     "evaluate-world-model": ("amrs_hf.scripts.evaluate_world_model", "world-model fidelity under cold start"),
+    "synthetic-check": ("amrs_hf.scripts.synthetic_check", "world model vs the known truth of the synthetic world"),
 }
 
 
