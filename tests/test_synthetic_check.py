@@ -176,7 +176,7 @@ def test_an_untrained_model_fails(small):
 # ---- the check on a small world ----
 def test_check_on_a_small_world(small, tmp_path):
     """Seconds: a tiny model, 30 epochs of 4,000 plays. What it honestly reaches at this size (training seeds 0-2:
-    valence R² about 0.33 against a ceiling of 0.74, arousal about 0.22 against 0.58; feature-only 0.22 and 0.14)."""
+    valence R² 0.23-0.34 against a ceiling of 0.74, arousal 0.21-0.22 against 0.58; feature-only 0.22 and 0.14)."""
     data_args = small_data_args()
     args = SyntheticCheckArguments(num_prefixes=18, num_rollouts=4, horizon=5)
     result = ceiling_check(data_args, WorldModelArguments(**TINY_MODEL, dropout=0.0, track_id_dropout=0.0),
@@ -187,7 +187,7 @@ def test_check_on_a_small_world(small, tmp_path):
     assert 0.5 < figures["ceiling"]["valence"] < 0.85 and 0.45 < figures["ceiling"]["arousal"] < 0.8
     # the model reads the listener's history: it beats the history-free baseline on both affect outcomes ...
     assert fidelity["checks"]["valence_beats_feature_only"] and fidelity["checks"]["arousal_beats_feature_only"]
-    # ... but stays far from 90% of the ceiling (about 45% and 40% here); the check reports the failure
+    # ... but stays far from 90% of the ceiling (30-45% and about 37% here); the check reports the failure
     assert fidelity["ratio"]["valence"] < 0.9 and fidelity["ratio"]["arousal"] < 0.9
     assert not fidelity["passed"] and not result["passed"]
     # rolled forward on the same tracks as the true world, its mean engagement agrees within the tolerance
@@ -201,9 +201,10 @@ def test_check_on_a_small_world(small, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.xfail(strict=True, reason=(
-    "the world model reaches 77% / 75% of the true-state ceiling for valence / arousal, not 90%: its inputs lack "
-    "session boundaries and past pre-states (with only what they show, even the true model reaches 85% / 78%; "
-    "figures in docs/world_model.md, 'Synthetic check with known truth')"))
+    "the world model reaches 82% / 82% of the true-state ceiling for valence / arousal (R² 0.557 / 0.521 against "
+    "0.681 / 0.632), not 90%; the true model with every true parameter, fed the same log, reaches 91% / 91%; and its "
+    "like rate for uniformly drawn tracks is +0.046 (95% CI +0.036, +0.055) too high (figures in "
+    "docs/world_model.md, 'Synthetic check with known truth')"))
 def test_ceiling_criterion_at_full_size(tmp_path):
     """The issue's criterion with the full-size recipe (minutes on 2 CPU cores): >= 90% of the ceiling R² for valence
     and arousal, above the feature-only baseline, and rollouts within the tolerance. Strict xfail: once the world

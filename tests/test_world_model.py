@@ -3,6 +3,7 @@ losses, candidate scoring, the KV cache, ablations, and that it learns a known p
 
 import json
 import os
+import pathlib
 import subprocess
 import sys
 import sysconfig
@@ -87,6 +88,9 @@ def test_names_are_load_bearing():
     assert cwm.OUTCOME_NAMES == schema.OUTCOMES
     assert cwm.DEFAULT_MODES == schema.MODES and cwm.DEFAULT_COHORTS == schema.COHORTS
     assert cwm.DEFAULT_AUDIO_FEATURES == schema.AUDIO_FEATURES
+    # the model card's prose is found by model_type (model_cards/README.md)
+    card = pathlib.Path(__file__).resolve().parents[1] / "model_cards" / f"{AmrsWorldModelConfig.model_type}.md"
+    assert card.is_file() and "clinical" in card.read_text()
 
 
 @pytest.mark.parametrize("kwargs, message", [
