@@ -6,6 +6,7 @@ import torch
 
 from amrs_hf.data.tokenizer import build_track_tokenizer, track_token_ids
 from amrs_hf.models.world_model import AmrsWorldModel, AmrsWorldModelConfig
+from amrs_hf.simulation.rollout import DEFAULT_STEP_GAP_HOURS
 from amrs_hf.simulation import (
     EnsemblePredictions,
     GreedyPolicy,
@@ -30,11 +31,13 @@ def tracks(tokenizer):
 
 
 def make_model(tokenizer, seed=0, **overrides) -> AmrsWorldModel:
-    """A tiny world model (2 layers, hidden 32, 64 tracks); init std 0.2 so an untrained model's outputs vary."""
+    """A tiny world model (2 layers, hidden 32, 64 tracks) reading session inputs and past pre-states; init std 0.2
+    so an untrained model's outputs vary."""
     torch.manual_seed(seed)
     config = AmrsWorldModelConfig(**{**dict(
         vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-        max_position_embeddings=64, dropout=0.1, initializer_range=0.2, context_vocab=["home"]), **overrides})
+        max_position_embeddings=64, dropout=0.1, initializer_range=0.2, context_vocab=["home"],
+        use_session_inputs=True, pre_state_in_history=True), **overrides})
     model = AmrsWorldModel(config)
     features = torch.zeros(len(tokenizer), config.num_audio_features)
     features[track_token_ids(tokenizer)] = torch.randn(NUM_TRACKS, config.num_audio_features)
@@ -49,7 +52,11 @@ def make_prefixes(tracks):
     mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [0, 0, 0, 0, 0]])
     valence = torch.rand(3, 5, generator=g)
     valence[0, 4] = float("nan")  # the last play of prefix 0 has no self-report: its pre-state is used instead
+    # prefix 0: a session of 2 plays, then one of 3 (gaps within: 0.05, 0.07, 0.06 h); prefix 1: 2 plays, one gap
+    session_start = torch.tensor([[1.0, 0, 1, 0, 0], [1, 0, 0, 0, 0], [0, 0, 0, 0, 0]])
+    time_gap = torch.tensor([[float("nan"), 0.05, 20.0, 0.07, 0.06], [float("nan"), 0.04, 0, 0, 0], [0.0] * 5])
     return dict(
+        session_start=session_start, time_gap=time_gap,
         track_ids=ids.masked_fill(mask == 0, 0), attention_mask=mask, valence=valence,
         arousal=torch.rand(3, 5, generator=g), rating=torch.randint(0, 2, (3, 5), generator=g).float(),
         engagement=torch.rand(3, 5, generator=g), pre_valence=torch.rand(3, 5, generator=g),
@@ -137,12 +144,72 @@ def test_step_context_for_policies(tokenizer, tracks):
     assert (ctx.mode_ids == torch.tensor([1, 1, 3, 3, 4, 4])).all()
 
 
+def test_rollout_session_inputs(tokenizer, tracks):
+    """A rollout continues the prefix's last session: session start 0 and, by default, the median gap between the
+    prefix's plays within a session (the default gap where it shows none, and a new session for an empty prefix);
+    `new_session` opens one at the first step. Each played step enters the history with its session inputs."""
+    model = make_model(tokenizer)
+    prefixes = make_prefixes(tracks)
+    seen = []
+
+    def policy(ctx: StepContext):
+        seen.append(ctx)
+        return tracks[: ctx.states.shape[0]]
+
+    run(model, prefixes, policy, True, horizon=2, num_rollouts=1)
+    first, second = seen
+    assert first.session_start.tolist() == [0.0, 0.0, 1.0] and first.session_start_mask.all()
+    torch.testing.assert_close(first.time_gap[:2], torch.tensor([0.06, 0.04]))
+    assert first.time_gap_mask.tolist() == [True, True, False]
+    assert second.session_start.tolist() == [0.0, 0.0, 0.0] and second.time_gap_mask.all()
+    torch.testing.assert_close(second.time_gap, torch.tensor([0.06, 0.04, DEFAULT_STEP_GAP_HOURS]))
+    seen.clear()
+    run(model, prefixes, policy, True, horizon=2, num_rollouts=1, new_session=True, new_session_gap_hours=12.0,
+        step_gap_hours=0.1)
+    assert seen[0].session_start.tolist() == [1.0] * 3 and seen[0].time_gap.tolist() == [12.0] * 3
+    torch.testing.assert_close(seen[1].time_gap, torch.full((3,), 0.1))
+    # the session inputs matter to this model, and the cached rollout still equals the recompute one with them
+    a = run(model, prefixes, RandomPolicy(tracks), True, horizon=4)
+    b = run(model, prefixes, RandomPolicy(tracks), True, horizon=4, new_session=True)
+    assert not torch.allclose(a.predicted["valence_mean"][:, 0], b.predicted["valence_mean"][:, 0])
+    assert_same_rollouts(run(model, prefixes, RandomPolicy(tracks), False, horizon=4, new_session=True,
+                             step_gap_hours=0.2), run(model, prefixes, RandomPolicy(tracks), True, horizon=4,
+                                                      new_session=True, step_gap_hours=0.2))
+
+
+def test_rollout_equals_forward_on_the_played_history(tokenizer, tracks):
+    """A rollout's predictions are the model's forward pass over the prefix followed by the played steps, each with
+    its sampled outcomes, the pre-state it was predicted from and its session inputs (start 0, the gap)."""
+    model = make_model(tokenizer).eval()
+    prefixes = {k: v[:1] for k, v in make_prefixes(tracks).items()}  # prefix 0: 5 plays
+    result = run(model, prefixes, RandomPolicy(tracks), True, horizon=3, num_rollouts=1, step_gap_hours=0.3)
+    full = {k: torch.cat([v, v[:, -1:].expand(1, 3)], dim=1) if k in ("mode_ids", "cohort_ids", "context_ids")
+            else v for k, v in prefixes.items()}
+    full["track_ids"] = torch.cat([prefixes["track_ids"], result.tracks], dim=1)
+    full["attention_mask"] = torch.ones(1, 8, dtype=torch.long)
+    for name in ("engagement", "rating", "valence", "arousal"):
+        full[name] = torch.cat([prefixes[name], result.sampled[name]], dim=1)
+    pre_mask = result.pre_state_mask
+    full["pre_valence"] = torch.cat([prefixes["pre_valence"], result.pre_valence.masked_fill(~pre_mask[..., 0],
+                                                                                             float("nan"))], dim=1)
+    full["pre_arousal"] = torch.cat([prefixes["pre_arousal"], result.pre_arousal.masked_fill(~pre_mask[..., 1],
+                                                                                             float("nan"))], dim=1)
+    full["session_start"] = torch.cat([prefixes["session_start"], torch.zeros(1, 3)], dim=1)
+    full["time_gap"] = torch.cat([prefixes["time_gap"], torch.full((1, 3), 0.3)], dim=1)
+    with torch.no_grad():
+        out = model(**full)
+    for name in PREDICTIONS:
+        torch.testing.assert_close(out[name][:, 5:], result.predicted[name], rtol=1e-5, atol=1e-5)
+
+
 def test_simulate_validates(tokenizer, tracks):
     model = make_model(tokenizer)
     with pytest.raises(ValueError, match="unknown keys"):
         simulate(model, {**make_prefixes(tracks), "moods": torch.zeros(3, 5)}, RandomPolicy(tracks), horizon=2)
     with pytest.raises(ValueError, match="engagement_sampling"):
         simulate(model, make_prefixes(tracks), RandomPolicy(tracks), horizon=2, engagement_sampling="beta")
+    with pytest.raises(ValueError, match="step_gap_hours"):
+        simulate(model, make_prefixes(tracks), RandomPolicy(tracks), horizon=2, step_gap_hours=-1.0)
 
 
 # ---- ensembles ----

@@ -1,4 +1,4 @@
-"""The synthetic check with known truth (amrs_hf.evaluation.synthetic_check): its pieces, its verdicts, and the check
+"""The synthetic check with known truth (amrs_hf.evaluation.synthetic_check, `amrs synthetic-check`): its pieces, its verdicts, and the check
 itself on a small world."""
 
 import json
@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from amrs_hf.cli import main as amrs
 from amrs_hf.data.tokenizer import build_track_tokenizer
 from amrs_hf.evaluation.baselines import FeatureOnly
 from amrs_hf.evaluation.synthetic_check import (
@@ -19,8 +20,6 @@ from amrs_hf.evaluation.synthetic_check import (
     evaluate_check,
     generate_world,
     history_rank,
-    main,
-    make_parser,
     observable_bound,
     render_markdown,
     score_against_ceiling,
@@ -34,6 +33,7 @@ from amrs_hf.models.world_model.training_world_model import (
     WorldModelArguments,
     WorldModelTrainingArguments,
 )
+from amrs_hf.scripts.synthetic_check import make_parser
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "synthetic" / "world_model" / "config_ceiling.yaml"
@@ -176,7 +176,7 @@ def test_an_untrained_model_fails(small):
 # ---- the check on a small world ----
 def test_check_on_a_small_world(small, tmp_path):
     """Seconds: a tiny model, 30 epochs of 4,000 plays. What it honestly reaches at this size (training seeds 0-2:
-    valence R² about 0.33 against a ceiling of 0.74, arousal about 0.22 against 0.58; feature-only 0.22 and 0.14)."""
+    valence R² 0.23-0.34 against a ceiling of 0.74, arousal 0.21-0.22 against 0.58; feature-only 0.22 and 0.14)."""
     data_args = small_data_args()
     args = SyntheticCheckArguments(num_prefixes=18, num_rollouts=4, horizon=5)
     result = ceiling_check(data_args, WorldModelArguments(**TINY_MODEL, dropout=0.0, track_id_dropout=0.0),
@@ -187,7 +187,7 @@ def test_check_on_a_small_world(small, tmp_path):
     assert 0.5 < figures["ceiling"]["valence"] < 0.85 and 0.45 < figures["ceiling"]["arousal"] < 0.8
     # the model reads the listener's history: it beats the history-free baseline on both affect outcomes ...
     assert fidelity["checks"]["valence_beats_feature_only"] and fidelity["checks"]["arousal_beats_feature_only"]
-    # ... but stays far from 90% of the ceiling (about 45% and 40% here); the check reports the failure
+    # ... but stays far from 90% of the ceiling (30-45% and about 37% here); the check reports the failure
     assert fidelity["ratio"]["valence"] < 0.9 and fidelity["ratio"]["arousal"] < 0.9
     assert not fidelity["passed"] and not result["passed"]
     # rolled forward on the same tracks as the true world, its mean engagement agrees within the tolerance
@@ -201,9 +201,10 @@ def test_check_on_a_small_world(small, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.xfail(strict=True, reason=(
-    "the world model reaches 77% / 75% of the true-state ceiling for valence / arousal, not 90%: its inputs lack "
-    "session boundaries and past pre-states (with only what they show, even the true model reaches 85% / 78%; "
-    "figures in docs/world_model.md, 'Synthetic check with known truth')"))
+    "the world model reaches 82% / 82% of the true-state ceiling for valence / arousal (R² 0.557 / 0.521 against "
+    "0.681 / 0.632), not 90%; the true model with every true parameter, fed the same log, reaches 91% / 91%; and its "
+    "like rate for uniformly drawn tracks is +0.046 (95% CI +0.036, +0.055) too high (figures in "
+    "docs/world_model.md, 'Synthetic check with known truth')"))
 def test_ceiling_criterion_at_full_size(tmp_path):
     """The issue's criterion with the full-size recipe (minutes on 2 CPU cores): >= 90% of the ceiling R² for valence
     and arousal, above the feature-only baseline, and rollouts within the tolerance. Strict xfail: once the world
@@ -218,11 +219,11 @@ def test_ceiling_criterion_at_full_size(tmp_path):
 
 # ---- the recipe command ----
 def test_recipe_command_runs(tmp_path):
-    """The README's command with the recipe, shrunk to a tiny world and one epoch: it writes the JSON and Markdown
-    and its exit status is the verdict."""
+    """The README's command (`amrs synthetic-check`) with the recipe, shrunk to a tiny world and one epoch: it writes
+    the JSON and Markdown and its exit status is the verdict."""
     assert RECIPE.is_file()
     out = tmp_path / "check"
-    status = main(["--config", str(RECIPE), "--output_dir", str(out), "--data_options", json.dumps(SMALL_WORLD),
+    status = amrs(["synthetic-check", "--config", str(RECIPE), "--output_dir", str(out), "--data_options", json.dumps(SMALL_WORLD),
                    "--split_fractions", "0.6", "0.1", "0.3", "--max_history", "32", "--num_train_epochs", "1",
                    "--hidden_size", "32", "--intermediate_size", "64", "--eval_strategy", "no", "--save_strategy",
                    "no", "--load_best_model_at_end", "false", "--num_prefixes", "8", "--horizon", "4",
@@ -231,3 +232,9 @@ def test_recipe_command_runs(tmp_path):
     assert status == (0 if result["passed"] else 1)
     assert (out / "synthetic_check.md").read_text().startswith("## Synthetic check with known truth")
     assert result["setup"]["plays"] == SMALL_WORLD["num_plays"]
+
+
+def test_command_help(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        amrs(["synthetic-check", "--help"])
+    assert exit_.value.code == 0 and "--min_ratio" in capsys.readouterr().out

@@ -3,6 +3,7 @@ losses, candidate scoring, the KV cache, ablations, and that it learns a known p
 
 import json
 import os
+import pathlib
 import subprocess
 import sys
 import sysconfig
@@ -27,10 +28,11 @@ def tokenizer():
 
 def make_model(tokenizer, seed=0, **overrides) -> AmrsWorldModel:
     """A tiny world model (2 layers, hidden 32) over a 64-track catalogue with random normalised features, in eval
-    mode without dropout."""
+    mode without dropout; session inputs and pre-states in the history on (as `amrs train-world-model` trains)."""
     torch.manual_seed(seed)
     kwargs = dict(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                   intermediate_size=64, max_position_embeddings=64, dropout=0.0, context_vocab=["home", "work"],
+                  use_session_inputs=True, pre_state_in_history=True,
                   initializer_range=0.2,  # larger than the default 0.02, so an untrained model's outputs move
                   pad_token_id=tokenizer.pad_token_id, unk_token_id=tokenizer.unk_token_id)
     model = AmrsWorldModel(AmrsWorldModelConfig(**{**kwargs, **overrides}))
@@ -52,7 +54,14 @@ def make_batch(tokenizer, batch=3, length=6, seed=1, pad=True):
     mask = torch.ones(batch, length, dtype=torch.long)
     if pad:
         mask[1, length - 2:] = 0
+    session_start = (torch.rand(batch, length, generator=g) < 0.3).float()
+    session_start[:, 0] = 1.0
+    session_start[2, 0] = float("nan")  # a log that starts inside a session
+    time_gap = torch.where(session_start == 1, 24 * torch.rand(batch, length, generator=g),
+                           0.05 * torch.rand(batch, length, generator=g))
+    time_gap[:, 0] = float("nan")  # nothing before the first play
     return dict(
+        session_start=session_start, time_gap=time_gap,
         track_ids=ids, attention_mask=mask, engagement=sparse(), rating=sparse().round(), valence=sparse(),
         arousal=sparse(), pre_valence=sparse(), pre_arousal=sparse(),
         mode_ids=torch.randint(0, 5, (batch, 1), generator=g).expand(batch, length),
@@ -79,6 +88,9 @@ def test_names_are_load_bearing():
     assert cwm.OUTCOME_NAMES == schema.OUTCOMES
     assert cwm.DEFAULT_MODES == schema.MODES and cwm.DEFAULT_COHORTS == schema.COHORTS
     assert cwm.DEFAULT_AUDIO_FEATURES == schema.AUDIO_FEATURES
+    # the model card's prose is found by model_type (model_cards/README.md)
+    card = pathlib.Path(__file__).resolve().parents[1] / "model_cards" / f"{AmrsWorldModelConfig.model_type}.md"
+    assert card.is_file() and "clinical" in card.read_text()
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -94,6 +106,8 @@ def test_names_are_load_bearing():
     (dict(pad_token_id=100, vocab_size=74), "pad_token_id"),
     (dict(min_variance=0.3), "min_variance"),
     (dict(use_history="yes"), "use_history"),
+    (dict(use_session_inputs=1), "use_session_inputs"),
+    (dict(pre_state_in_history="no"), "pre_state_in_history"),
     (dict(modes=["calm", "calm"]), "modes"),
     (dict(audio_features=[]), "audio_features"),
     (dict(tie_word_embeddings=True), "tie_word_embeddings"),
@@ -196,7 +210,7 @@ def _predict(model, batch):
     return torch.stack([out[name] for name in PREDICTIONS], dim=-1)  # (B, T, 6)
 
 
-@pytest.mark.parametrize("change", ["track", "outcomes", "pre_state", "context"])
+@pytest.mark.parametrize("change", ["track", "outcomes", "pre_state", "context", "session"])
 def test_causality(tokenizer, change):
     model = make_model(tokenizer)
     batch = make_batch(tokenizer, pad=False)
@@ -211,6 +225,9 @@ def test_causality(tokenizer, change):
     elif change == "pre_state":
         edited["pre_valence"][:, t] = 0.9
         edited["pre_arousal"][:, t] = 0.05
+    elif change == "session":
+        edited["session_start"][:, t] = 1.0 - batch["session_start"][:, t]
+        edited["time_gap"][:, t] = 30.0
     else:
         edited["context_ids"][:, t] = (batch["context_ids"][:, t] + 1) % 3
     new = _predict(model, edited)
@@ -221,13 +238,21 @@ def test_causality(tokenizer, change):
         torch.testing.assert_close(new[:, :t], base[:, :t], rtol=0, atol=0)
         assert (new[:, t] - base[:, t]).abs().amax() > 1e-4
         assert (new[:, t + 1:] - base[:, t + 1:]).abs().amax() > 1e-4
-    elif change == "pre_state":  # the pre-state reaches only its own prediction
+    elif change == "pre_state":  # the pre-state reaches its own prediction and, through the history, later ones
+        torch.testing.assert_close(new[:, :t], base[:, :t], rtol=0, atol=0)
+        assert (new[:, t] - base[:, t]).abs().amax() > 1e-4
+        assert (new[:, t + 1:] - base[:, t + 1:]).abs().amax() > 1e-4
+        # without pre_state_in_history it reaches only its own
+        plain = make_model(tokenizer, pre_state_in_history=False)
+        base, new = _predict(plain, batch), _predict(plain, edited)
         torch.testing.assert_close(new[:, :t], base[:, :t], rtol=0, atol=0)
         torch.testing.assert_close(new[:, t + 1:], base[:, t + 1:], rtol=0, atol=0)
         assert (new[:, t] - base[:, t]).abs().amax() > 1e-4
-    else:  # the context is known before listening: it reaches its own prediction and later ones, never earlier
+    else:  # context and session inputs are known before listening: they reach their own prediction and later
+        # ones, never earlier
         torch.testing.assert_close(new[:, :t], base[:, :t], rtol=0, atol=0)
         assert (new[:, t] - base[:, t]).abs().amax() > 1e-4
+        assert (new[:, t + 1:] - base[:, t + 1:]).abs().amax() > 1e-4
 
 
 def test_padding_does_not_leak(tokenizer):
@@ -291,7 +316,8 @@ def test_score_candidates_equals_forward(tokenizer):
     batch = make_batch(tokenizer, pad=False)
     t = 3
     out = model(**batch)
-    step = {k: batch[k][:, t] for k in ("pre_valence", "pre_arousal", "mode_ids", "cohort_ids", "context_ids")}
+    step = {k: batch[k][:, t] for k in ("pre_valence", "pre_arousal", "mode_ids", "cohort_ids", "context_ids",
+                                        "session_start", "time_gap")}
     candidates = torch.tensor(track_token_ids(tokenizer)[:5] + [tokenizer.unk_token_id])
     shared = model.score_candidates(out.states[:, t], candidates, **step)
     per_row = model.score_candidates(out.states[:, t], candidates.expand(3, -1), **step)
@@ -352,6 +378,31 @@ def test_no_history_ablation(tokenizer):
     # the state is one vector for every step; the step's own context still moves the prediction
     out = model(**batch)
     torch.testing.assert_close(out.states, out.next_state[:, None].expand_as(out.states))
+
+
+def test_without_the_optional_inputs_the_model_is_the_old_one(tokenizer):
+    """A config without the optional inputs (every checkpoint saved before they existed) builds no weights for them
+    and ignores them: its state dict loads into the old architecture and its outputs do not move."""
+    model = make_model(tokenizer, use_session_inputs=False, pre_state_in_history=False)
+    assert not AmrsWorldModelConfig().use_session_inputs and not AmrsWorldModelConfig().pre_state_in_history
+    assert not any(k.startswith(("session_proj", "history_pre_state_proj")) for k in model.state_dict())
+    batch = make_batch(tokenizer, pad=False)
+    base = _predict(model, batch)
+    edited = {k: v for k, v in batch.items() if k not in ("session_start", "time_gap")}
+    torch.testing.assert_close(_predict(model, edited), base, rtol=0, atol=0)
+    with_new = make_model(tokenizer)
+    assert {"session_proj.weight", "history_pre_state_proj.weight"} <= set(with_new.state_dict())
+
+
+def test_session_inputs_and_their_masks(tokenizer):
+    model = make_model(tokenizer)
+    shape = (1, 3)
+    inputs = model.session_inputs(shape, torch.tensor([[1.0, 0.0, float("nan")]]), torch.tensor([[2.0, -1.0, 0.5]]),
+                                  time_gap_mask=torch.tensor([[True, True, False]]))
+    expected = torch.tensor([[[1.0, 1.0, torch.log1p(torch.tensor(2.0)), 1.0], [0.0, 1.0, 0.0, 1.0],
+                              [0.0, 0.0, 0.0, 0.0]]])
+    torch.testing.assert_close(inputs, expected)
+    torch.testing.assert_close(model.session_inputs(shape), torch.zeros(1, 3, 4), rtol=0, atol=0)
 
 
 def test_no_feedback_ablation(tokenizer):

@@ -140,3 +140,42 @@ def test_mood_carries_forward_within_a_session_only():
     assert np.isnan(carried["pre_valence"][3]) and np.isnan(carried["pre_arousal"][3])
     assert carried["pre_arousal"].tolist()[1:3] == [0.3, 0.4]
     assert np.isnan(plays["pre_valence"][1]), "the input frame is not modified"
+
+
+def test_session_inputs_from_the_log():
+    import pandas as pd
+
+    from amrs_hf.models.world_model.processing_world_model import session_inputs
+
+    plays = pd.DataFrame({
+        "user_id": ["u1", "u1", "u1", "u2", "u2"],
+        "session_id": ["a", "a", "b", "c", "c"],
+        "position": [0, 1, 0, 3, 4],
+        "timestamp": [0.0, 1800.0, 90000.0, np.nan, 7200.0],
+    })
+    out = session_inputs(plays)
+    # u2's log starts inside session c (position 3): whether it opens a session is unknown
+    np.testing.assert_array_equal(out["session_start"], [1.0, 0.0, 1.0, np.nan, 0.0])
+    np.testing.assert_array_equal(out["time_gap"], [np.nan, 0.5, 24.5, np.nan, np.nan])
+    assert "session_start" not in plays, "the input frame is not modified"
+
+
+def test_user_sequences_carry_session_inputs():
+    log = load_log("synthetic", None, num_plays=600, seed=2)
+    from amrs_hf.data.tokenizer import build_track_tokenizer
+    from amrs_hf.models.world_model.processing_world_model import world_model_config
+
+    tokenizer = build_track_tokenizer(log.catalogue["track_id"])
+    config = world_model_config(log, tokenizer)
+    windows = user_sequences(log, tokenizer, config, max_length=8, overlap=4)
+    frame = log.plays_frame()
+    for window in windows:
+        rows = frame.iloc[window["play_index"]]
+        starts = np.asarray(window["session_start"])
+        expected = (rows["position"].to_numpy() == 0).astype(float)
+        np.testing.assert_array_equal(starts[~np.isnan(starts)], expected[~np.isnan(starts)])
+        gaps = np.asarray(window["time_gap"])[1:]
+        np.testing.assert_allclose(gaps, np.diff(rows["timestamp"].to_numpy()) / 3600.0)
+        assert (gaps[starts[1:] == 1] > 0.5).all() and (gaps[starts[1:] == 0] < 0.5).all()
+    batch = WorldModelCollator(tokenizer.pad_token_id)(windows[:4])
+    assert batch["session_start"].shape == batch["track_ids"].shape and batch["time_gap"].dtype == torch.float32

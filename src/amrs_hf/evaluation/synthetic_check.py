@@ -31,9 +31,9 @@ Kalman filter with every true parameter but only the self-reports, not the true 
 model's inputs show: how much of the gap to the ceiling any predictor could close.
 
 `ceiling_check(data_args, model_args, training_args, check_args)` runs all of it and returns one dict;
-`render_markdown(result)` formats it. From the command line:
+`render_markdown(result)` formats it. The command (`amrs_hf.scripts.synthetic_check`):
 
-    python -m amrs_hf.evaluation.synthetic_check --config recipes/synthetic/world_model/config_ceiling.yaml \
+    amrs synthetic-check --config recipes/synthetic/world_model/config_ceiling.yaml \
         --output_dir outputs/synthetic_check
 
 writes `synthetic_check.json` and `synthetic_check.md` to the output folder and exits 1 when the check fails.
@@ -44,7 +44,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -100,7 +99,7 @@ class SyntheticCheckArguments:
         metadata={"help": "History-free policies rolled in both worlds: logging, uniform."},
     )
     tolerance: float = field(
-        default=0.05, metadata={"help": "The 95% CI of each session-level mean difference must lie within +-this."}
+        default=0.05, metadata={"help": "The 95%% CI of each session-level mean difference must lie within +-this."}
     )
     rollout_seed: int = field(default=0, metadata={"help": "Seed of the prefixes, tracks and sampled outcomes."})
 
@@ -313,9 +312,13 @@ def fidelity_against_ceiling(model, tokenizer, world: SyntheticWorld, splits: di
         "world_model": predict_plays(model, test, tokenizer, max_length=data_args.max_history),
         "feature_only": (baseline or FeatureOnly().fit(splits["train"])).predict(test),
         "observable_bound": observable_bound(world, test, test_truth),
-        "world_model_information_bound": observable_bound(world, test, test_truth, session_boundaries="inferred",
-                                                          pre_in_history=False),
     }
+    # the bound for what this model's inputs show; with session inputs and past pre-states it is the observable bound
+    config = model.config
+    if not (getattr(config, "use_session_inputs", False) and getattr(config, "pre_state_in_history", False)):
+        predictors["world_model_information_bound"] = observable_bound(
+            world, test, test_truth, session_boundaries="known" if config.use_session_inputs else "inferred",
+            pre_in_history=config.pre_state_in_history)
     return score_against_ceiling(test, predictors, data_args, check_args)
 
 
@@ -550,8 +553,9 @@ def render_markdown(result: dict) -> str:
         lines.append(f"| {label} | {f['ceiling'][key]:.3f} | {f['world_model'][key]:.3f} | "
                      f"{f['feature_only'][key]:.3f} | {fid['ratio'][key]:.2f} | {verdict} |")
     bounds = {"observable_bound": "true model, true parameters, the log's reports only (Kalman filter)",
-              "world_model_information_bound": "the same, seeing only what the world model's inputs show "
-                                               "(session starts only where they reveal one, no past pre-states)"}
+              "world_model_information_bound": "the same, seeing only what this world model's inputs show "
+                                               "(without session inputs: session starts only where a mode change "
+                                               "or a missing pre-state reveals one; without past pre-states)"}
     if any(name in f for name in bounds):
         lines += ["", "What the log lets any predictor reach (diagnostic; the criterion stays the ceiling):", "",
                   "| bound | valence R² (ratio) | arousal R² (ratio) |", "|---|---|---|"]
@@ -575,27 +579,7 @@ def render_markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-# ---------------------------------------------------------------------------------------------------- command line
+if __name__ == "__main__":  # kept for old commands; the command is `amrs synthetic-check`
+    from amrs_hf.scripts.synthetic_check import main
 
-
-def make_parser():
-    from trl import TrlParser
-
-    return TrlParser((SyntheticCheckArguments, DataArguments, WorldModelArguments, WorldModelTrainingArguments))
-
-
-def main(argv=None) -> int:
-    check_args, data_args, model_args, training_args = make_parser().parse_args_and_config(argv)
-    result = ceiling_check(data_args, model_args, training_args, check_args)
-    os.makedirs(training_args.output_dir, exist_ok=True)
-    with open(os.path.join(training_args.output_dir, RESULT_FILE), "w") as f:
-        json.dump(result, f, indent=2, default=str)
-    report = render_markdown(result)
-    with open(os.path.join(training_args.output_dir, REPORT_FILE), "w") as f:
-        f.write(report)
-    print(report)
-    return 0 if result["passed"] else 1
-
-
-if __name__ == "__main__":
     sys.exit(main())

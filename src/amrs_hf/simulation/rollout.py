@@ -11,7 +11,14 @@ outcomes, they are sampled and fed back as history:
   the next step's pre-listening state.
 
 Mode, cohort and context stay those of the prefix's last play. The first step's pre-state is the last prefix play's
-observed valence/arousal, else that play's pre-state, else missing (override with `initial_pre_state`).
+observed valence/arousal, else that play's pre-state, else missing (override with `initial_pre_state`). Every played
+step enters the history with the pre-state it was predicted from (read by models with `pre_state_in_history`).
+
+Session inputs (read by models with `use_session_inputs`): a rollout continues the prefix's last session, so every
+step has session start 0 and a time gap of `step_gap_hours` since the previous play, by default per prefix the median
+gap between consecutive plays of one session in the prefix (about one track's duration), else `DEFAULT_STEP_GAP_HOURS`
+(3.5 minutes). With `new_session=True` the first step opens a new session instead (session start 1, gap
+`new_session_gap_hours` or unknown); an empty prefix always starts one.
 
 The random draws per step are, in order: the policy's own (if any), four (R,) draws (engagement, like: uniform;
 valence, arousal: standard normal) and, for an ensemble under "mixture" sampling, the step's member. The cached path
@@ -34,6 +41,9 @@ from .ensemble import EnsemblePredictions
 
 PREDICTION_NAMES = tuple(WorldModelPredictions.__dataclass_fields__)
 _STEP_IDS = ("mode_ids", "cohort_ids", "context_ids")
+_PRE_STATE = ("pre_valence", "pre_arousal")
+_SESSION = ("session_start", "time_gap")
+DEFAULT_STEP_GAP_HOURS = 3.5 / 60  # gap between plays of a session when the prefix shows none: a typical track
 
 
 @dataclasses.dataclass
@@ -55,6 +65,10 @@ class StepContext:
     context_ids: torch.Tensor
     prefix_index: torch.Tensor  # (R,) which prefix each rollout continues
     generator: torch.Generator
+    session_start: torch.Tensor | None = None  # (R,) 1.0 if this step opens a session, else 0.0
+    time_gap: torch.Tensor | None = None  # (R,) hours since the previous play (0 where unknown)
+    session_start_mask: torch.Tensor | None = None  # (R,) bool: known
+    time_gap_mask: torch.Tensor | None = None
 
     def score(self, candidate_ids, candidate_features=None):
         """The world model's predictions (R, N) for candidates (N,) or (R, N) at this step."""
@@ -62,7 +76,8 @@ class StepContext:
             self.states, candidate_ids, candidate_features, pre_valence=self.pre_valence,
             pre_arousal=self.pre_arousal, pre_valence_mask=self.pre_valence_mask,
             pre_arousal_mask=self.pre_arousal_mask, mode_ids=self.mode_ids, cohort_ids=self.cohort_ids,
-            context_ids=self.context_ids)
+            context_ids=self.context_ids, session_start=self.session_start, time_gap=self.time_gap,
+            session_start_mask=self.session_start_mask, time_gap_mask=self.time_gap_mask)
 
     def history(self, pad_token_id: int = 0, padding_side: str = "left") -> tuple[torch.Tensor, torch.Tensor]:
         """Each rollout's full track history (prefix then rollout) as (ids, mask) (R, L), padded on `padding_side`
@@ -129,14 +144,17 @@ class RolloutResult:
 def simulate(world_model, prefix_batch: Mapping[str, torch.Tensor], policy: Callable[[StepContext], torch.Tensor],
              horizon: int, num_rollouts: int = 1, generator: torch.Generator | None = None, use_cache: bool = True,
              engagement_sampling: str = "bernoulli", ensemble_sampling: str = "rollout_member",
-             initial_pre_state: tuple | None = None) -> RolloutResult:
+             initial_pre_state: tuple | None = None, step_gap_hours=None, new_session: bool = False,
+             new_session_gap_hours=None) -> RolloutResult:
     """Roll `policy` forward `horizon` plays from each prefix, `num_rollouts` times, under `world_model`.
 
     `prefix_batch` holds the inputs of `AmrsWorldModel.listener_states` for B session prefixes ((B, T), right-padded
     by `attention_mask`; a row may be empty if its mode/cohort/context at position 0 are set) plus optionally the
-    pre-state columns. `world_model` is an `AmrsWorldModel` or a `WorldModelEnsemble`; it runs in eval mode (restored
-    after). `ensemble_sampling`: "rollout_member" (one member per rollout) or "mixture" (a member per step).
-    `initial_pre_state`: optional (pre_valence, pre_arousal) (B,) tensors, NaN where unknown."""
+    pre-state and session columns (`session_start`, `time_gap`). `world_model` is an `AmrsWorldModel` or a
+    `WorldModelEnsemble`; it runs in eval mode (restored after). `ensemble_sampling`: "rollout_member" (one member
+    per rollout) or "mixture" (a member per step). `initial_pre_state`: optional (pre_valence, pre_arousal) (B,)
+    tensors, NaN where unknown. `step_gap_hours` (a float or (B,) tensor), `new_session` and
+    `new_session_gap_hours` set the session inputs of the rollout's plays (module doc)."""
     if horizon < 1 or num_rollouts < 1:
         raise ValueError("horizon and num_rollouts must be >= 1")
     if engagement_sampling not in ("bernoulli", "mean"):
@@ -151,13 +169,14 @@ def simulate(world_model, prefix_batch: Mapping[str, torch.Tensor], policy: Call
     world_model.eval()
     try:
         return _simulate(world_model, prefix_batch, policy, horizon, num_rollouts, generator, use_cache,
-                         engagement_sampling, ensemble_sampling, initial_pre_state, device)
+                         engagement_sampling, ensemble_sampling, initial_pre_state, device,
+                         (step_gap_hours, new_session, new_session_gap_hours))
     finally:
         world_model.train(was_training)
 
 
 def _simulate(world_model, prefix_batch, policy, horizon, num_rollouts, generator, use_cache, engagement_sampling,
-              ensemble_sampling, initial_pre_state, device):
+              ensemble_sampling, initial_pre_state, device, session_options):
     prefix, lengths = _prepare_prefix(world_model, prefix_batch, device)
     batch, prefix_len = prefix["track_ids"].shape
     rollouts = batch * num_rollouts
@@ -167,8 +186,11 @@ def _simulate(world_model, prefix_batch, policy, horizon, num_rollouts, generato
     step_ids = {name: prefix[name][rows, last][prefix_index] for name in _STEP_IDS}
     pre = _initial_pre_state(prefix, lengths, rows, last, initial_pre_state, device)
     (pre_v, pre_v_mask), (pre_a, pre_a_mask) = [(v[prefix_index], m[prefix_index]) for v, m in pre]
+    first_session, later_session = _session_steps(prefix, lengths, session_options, device)
+    first_session = {k: v[prefix_index] for k, v in first_session.items()}
+    later_session = {k: v[prefix_index] for k, v in later_session.items()}
 
-    history_inputs = {k: v for k, v in prefix.items() if not k.startswith("pre_")}
+    history_inputs = dict(prefix)
     if use_cache:
         encoded = world_model.listener_states(**history_inputs, use_cache=True)
         cache = encoded.cache.repeat_interleave(num_rollouts).reserve(horizon)
@@ -184,13 +206,14 @@ def _simulate(world_model, prefix_batch, policy, horizon, num_rollouts, generato
         member = torch.randint(len(world_model), (rollouts,), generator=generator, device=generator.device).to(device)
     tracks, sampled, predicted, spread, members, pre_log = [], [], [], [], [], []
     for step in range(horizon):
+        session = first_session if step == 0 else later_session
         context = StepContext(
             step=step, world_model=world_model, states=states, prefix_track_ids=prefix["track_ids"][prefix_index],
             prefix_mask=prefix["attention_mask"][prefix_index],
             rollout_track_ids=torch.stack(tracks, dim=1) if tracks else torch.zeros(rollouts, 0, dtype=torch.long,
                                                                                   device=device),
             pre_valence=pre_v, pre_arousal=pre_a, pre_valence_mask=pre_v_mask, pre_arousal_mask=pre_a_mask,
-            prefix_index=prefix_index, generator=generator, **step_ids)
+            prefix_index=prefix_index, generator=generator, **step_ids, **session)
         chosen = torch.as_tensor(policy(context), device=device).long().reshape(rollouts)
         scored = context.score(chosen[:, None])
         if is_ensemble:
@@ -208,12 +231,16 @@ def _simulate(world_model, prefix_batch, policy, horizon, num_rollouts, generato
         sampled.append(outcome)
         predicted.append({name: report[name][:, 0] for name in PREDICTION_NAMES})
         pre_log.append((pre_v, pre_a, torch.stack([pre_v_mask, pre_a_mask], dim=-1)))
+        # the play enters the history with what was known before it (pre-state, session inputs) and its outcomes
+        play = {"track_ids": chosen[:, None], **{k: v[:, None] for k, v in outcome.items()},
+                **{k: v[:, None] for k, v in step_ids.items()},
+                **{k: v[:, None] for k, v in session.items()},
+                "pre_valence": pre_v[:, None], "pre_arousal": pre_a[:, None],
+                "pre_valence_mask": pre_v_mask[:, None], "pre_arousal_mask": pre_a_mask[:, None]}
         pre_v, pre_a = outcome["valence"], outcome["arousal"]
         pre_v_mask = pre_a_mask = torch.ones(rollouts, dtype=torch.bool, device=device)
         if step == horizon - 1:
             break
-        play = {"track_ids": chosen[:, None], **{k: v[:, None] for k, v in outcome.items()},
-                **{k: v[:, None] for k, v in step_ids.items()}}
         if use_cache:
             states = world_model.listener_states(**play, cache=cache).next_state
         else:
@@ -254,7 +281,8 @@ def _prepare_prefix(world_model, prefix_batch, device):
     if "track_ids" not in prefix_batch:
         raise ValueError("prefix_batch needs track_ids (B, T)")
     known = {"track_ids", "attention_mask", "audio_features", *OUTCOME_NAMES, *(f"{o}_mask" for o in OUTCOME_NAMES),
-             *_STEP_IDS, "pre_valence", "pre_arousal", "pre_valence_mask", "pre_arousal_mask"}
+             *_STEP_IDS, *_PRE_STATE, *(f"{n}_mask" for n in _PRE_STATE), *_SESSION,
+             *(f"{n}_mask" for n in _SESSION)}
     unknown = set(prefix_batch) - known
     if unknown:
         raise ValueError(f"prefix_batch has unknown keys {sorted(unknown)}; known: {sorted(known)}")
@@ -267,7 +295,7 @@ def _prepare_prefix(world_model, prefix_batch, device):
     prefix = {"track_ids": track_ids, "attention_mask": mask}
     if prefix_batch.get("audio_features") is not None:
         prefix["audio_features"] = torch.as_tensor(prefix_batch["audio_features"], device=device).float()
-    for name in (*OUTCOME_NAMES, "pre_valence", "pre_arousal"):
+    for name in (*OUTCOME_NAMES, *_PRE_STATE, *_SESSION):
         value, observed = _observed(prefix_batch.get(name), prefix_batch.get(f"{name}_mask"), track_ids.shape, device)
         # outcomes count only on real plays; a pre-state is kept at position 0 of an empty prefix (its start)
         prefix[name], prefix[f"{name}_mask"] = value, observed if name.startswith("pre_") else observed & mask
@@ -285,6 +313,34 @@ def _observed(value, mask, shape, device):
     if mask is not None:
         observed = observed & torch.as_tensor(mask, device=device).bool()
     return torch.where(observed, value, 0.0), observed
+
+
+def _session_steps(prefix, lengths, options, device):
+    """Session inputs (B,) of the first rollout step and of the later ones: value, and known mask (module doc)."""
+    step_gap_hours, new_session, new_session_gap_hours = options
+    batch = lengths.shape[0]
+    if step_gap_hours is None:  # per prefix: the median gap between consecutive plays of one session
+        within = prefix["attention_mask"] & prefix["session_start_mask"] & (prefix["session_start"] == 0)
+        within &= prefix["time_gap_mask"]
+        gaps = torch.where(within, prefix["time_gap"], torch.nan)
+        gap = gaps.nanmedian(dim=1).values if gaps.shape[1] else gaps.new_full((batch,), torch.nan)
+        gap = torch.where(torch.isnan(gap), DEFAULT_STEP_GAP_HOURS, gap)
+    else:
+        gap = torch.as_tensor(step_gap_hours, dtype=torch.float32, device=device).expand(batch).clone()
+    if torch.isnan(gap).any() or (gap < 0).any():
+        raise ValueError(f"step_gap_hours must be >= 0, got {step_gap_hours!r}")
+    known = torch.ones(batch, dtype=torch.bool, device=device)
+    later = {"session_start": torch.zeros(batch, device=device), "time_gap": gap.float(),
+             "session_start_mask": known, "time_gap_mask": known}
+    opens = (lengths == 0) | bool(new_session)
+    if new_session_gap_hours is None:
+        first_gap, first_gap_known = torch.zeros(batch, device=device), torch.zeros_like(known)
+    else:
+        first_gap = torch.as_tensor(new_session_gap_hours, dtype=torch.float32, device=device).expand(batch)
+        first_gap_known = torch.ones_like(known)
+    first = {"session_start": opens.float(), "time_gap": torch.where(opens, first_gap, later["time_gap"]),
+             "session_start_mask": known, "time_gap_mask": torch.where(opens, first_gap_known, known)}
+    return first, later
 
 
 def _initial_pre_state(prefix, lengths, rows, last, initial_pre_state, device):
@@ -326,8 +382,11 @@ def _write(buffers: dict, play: dict, column: torch.Tensor, world_model) -> None
     for name in OUTCOME_NAMES:
         buffers[name][rows, column] = play[name][:, 0]
         buffers[f"{name}_mask"][rows, column] = True
+    for name in (*_PRE_STATE, *_SESSION):
+        buffers[name][rows, column] = play[name][:, 0]
+        buffers[f"{name}_mask"][rows, column] = play[f"{name}_mask"][:, 0]
     for name in _STEP_IDS:
         buffers[name][rows, column] = play[name][:, 0]
 
 
-__all__ = ["GreedyPolicy", "RandomPolicy", "RolloutResult", "StepContext", "simulate"]
+__all__ = ["DEFAULT_STEP_GAP_HOURS", "GreedyPolicy", "RandomPolicy", "RolloutResult", "StepContext", "simulate"]

@@ -5,15 +5,20 @@ Layout (B listeners x T plays). A completed play t becomes one history token
     x_t = track_t + step_t + outcomes_t
         track_t    = ID embedding (zero for <pad>/<unk>) + projected audio features
         step_t     = mode + cohort + context embeddings
+                     [+ projected session inputs: session-start flag, log1p(hours since the previous play), each
+                        with a known flag; `use_session_inputs`]
         outcomes_t = projected (value, observed flag) of engagement, rating, valence, arousal
+                     [+ projected pre-listening valence/arousal and their observed flags; `pre_state_in_history`]
 
 and the transformer reads [start, x_0, ..., x_{T-1}] with a causal mask. The hidden state at token t ("the listener
 state" before play t) has seen plays < t in full and nothing of play t. The prediction for play t combines that state
-with what is known before listening (mode, cohort, context, pre-listening valence/arousal) and the candidate track:
+with what is known before listening (mode, cohort, context, the session inputs, pre-listening valence/arousal) and
+the candidate track:
 
     head(state_t + step_t + pre_state_t, candidate track)  ->  engagement, like, valence ~ N(m, v), arousal ~ N(m, v)
 
-So a play's track and outcomes reach only later predictions, and its pre-state only its own. The hidden state after
+So a play's track and outcomes reach only later predictions; its step inputs (and, with `pre_state_in_history`, its
+pre-state) reach its own prediction and later ones; without it, its pre-state reaches only its own. The hidden state after
 the last play (`next_state`) is the state for recommending the next track; `score_candidates` scores any number of
 tracks for any number of listeners from such states in one call. With `use_cache=True` the keys and values of the
 tokens read so far are kept (`WorldModelCache`), so a rollout feeds one play per step; without it the whole history is
@@ -236,6 +241,10 @@ class AmrsWorldModel(PreTrainedModel):
         self.cohort_embedding = nn.Embedding(config.num_cohorts, hidden)
         self.context_embedding = nn.Embedding(config.num_contexts, hidden)
         self.pre_state_proj = nn.Linear(4, hidden)  # pre valence, pre arousal, their observed flags
+        if config.use_session_inputs:  # session start, log1p(gap hours), their known flags
+            self.session_proj = nn.Linear(4, hidden)
+        if config.pre_state_in_history:  # a past play's pre-state, as part of its history token
+            self.history_pre_state_proj = nn.Linear(4, hidden)
         # What a play revealed, fed back as history: four outcome values and four observed flags.
         self.outcome_proj = nn.Linear(2 * len(OUTCOME_NAMES), hidden)
         self.start_state = nn.Parameter(torch.zeros(hidden))
@@ -316,12 +325,27 @@ class AmrsWorldModel(PreTrainedModel):
         ids = self.track_embedding(track_ids) * keep.unsqueeze(-1).to(self.dtype)
         return ids + self.feature_proj(audio_features)
 
-    def embed_step(self, shape, mode_ids=None, cohort_ids=None, context_ids=None):
+    def embed_step(self, shape, mode_ids=None, cohort_ids=None, context_ids=None, session_start=None, time_gap=None,
+                   session_start_mask=None, time_gap_mask=None):
+        """What is known of a play before listening, (...) -> (..., H): mode, cohort, context and, with
+        `use_session_inputs`, the session inputs (`session_inputs`)."""
         device = self.start_state.device
         zeros = torch.zeros(shape, dtype=torch.long, device=device)
-        return (self.mode_embedding(zeros if mode_ids is None else mode_ids)
+        step = (self.mode_embedding(zeros if mode_ids is None else mode_ids)
                 + self.cohort_embedding(zeros if cohort_ids is None else cohort_ids)
                 + self.context_embedding(zeros if context_ids is None else context_ids))
+        if self.config.use_session_inputs:
+            step = step + self.session_proj(
+                self.session_inputs(shape, session_start, time_gap, session_start_mask, time_gap_mask))
+        return step
+
+    def session_inputs(self, shape, session_start=None, time_gap=None, session_start_mask=None, time_gap_mask=None):
+        """(..., 4): session start (1 if the play opens a session, else 0), log1p(hours since the listener's previous
+        play, negative gaps read as 0), and their known flags (0 where unknown: NaN or mask False)."""
+        (start, start_known), (gap, gap_known) = (self._observed(session_start, session_start_mask, shape),
+                                                  self._observed(time_gap, time_gap_mask, shape))
+        return torch.stack([start, start_known.to(start), torch.log1p(gap.clamp(min=0.0)), gap_known.to(start)],
+                           dim=-1)
 
     def pre_state_inputs(self, shape, pre_valence=None, pre_arousal=None, pre_valence_mask=None,
                          pre_arousal_mask=None):
@@ -334,10 +358,15 @@ class AmrsWorldModel(PreTrainedModel):
     def listener_states(self, track_ids, audio_features=None, engagement=None, rating=None, valence=None,
                         arousal=None, engagement_mask=None, rating_mask=None, valence_mask=None, arousal_mask=None,
                         mode_ids=None, cohort_ids=None, context_ids=None, attention_mask=None, cache=None,
-                        use_cache=False) -> WorldModelStates:
-        """Encode plays (B, T) that follow whatever `cache` holds (nothing: the session starts here).
+                        use_cache=False, pre_valence=None, pre_arousal=None, pre_valence_mask=None,
+                        pre_arousal_mask=None, session_start=None, time_gap=None, session_start_mask=None,
+                        time_gap_mask=None) -> WorldModelStates:
+        """Encode plays (B, T) that follow whatever `cache` holds (nothing: the history starts here).
 
-        Outcomes are (B, T) floats; a value is missing where its mask is False or, without a mask, where it is NaN.
+        Outcomes, pre-states and session inputs (`session_start` 0/1, `time_gap` in hours since the listener's
+        previous play) are (B, T) floats; a value is missing where its mask is False or, without a mask, where it is
+        NaN. The pre-state is read only with `pre_state_in_history`, the session inputs only with
+        `use_session_inputs`.
         `attention_mask` (B, T) must be right-padded (real plays first). Returns the states before each play and
         the state after the last real play of each row; with `use_cache` (or a `cache`) the cache extended by these
         plays."""
@@ -359,7 +388,11 @@ class AmrsWorldModel(PreTrainedModel):
                                     cache=cache if use_cache else None)
 
         plays = self.embed_tracks(track_ids, audio_features) + self.embed_step(
-            (batch, length), mode_ids, cohort_ids, context_ids)
+            (batch, length), mode_ids, cohort_ids, context_ids, session_start, time_gap, session_start_mask,
+            time_gap_mask)
+        if self.config.pre_state_in_history:
+            plays = plays + self.history_pre_state_proj(self.pre_state_inputs(
+                (batch, length), pre_valence, pre_arousal, pre_valence_mask, pre_arousal_mask))
         if self.config.feed_back_outcomes:
             observed = [self._observed(v, m, (batch, length)) for v, m in (
                 (engagement, engagement_mask), (rating, rating_mask), (valence, valence_mask), (arousal, arousal_mask))]
@@ -403,25 +436,29 @@ class AmrsWorldModel(PreTrainedModel):
     # ---- the prediction head ----
     def score_candidates(self, states, candidate_ids, candidate_features=None, *, pre_valence=None, pre_arousal=None,
                          pre_valence_mask=None, pre_arousal_mask=None, mode_ids=None, cohort_ids=None,
-                         context_ids=None) -> WorldModelPredictions:
+                         context_ids=None, session_start=None, time_gap=None, session_start_mask=None,
+                         time_gap_mask=None) -> WorldModelPredictions:
         """Predictions for N candidates for each of B listeners in one batched call.
 
         `states` (B, H) (e.g. `next_state`); `candidate_ids` (N,) shared or (B, N) per listener, with optional
         normalised `candidate_features` (N, F) / (B, N, F) for tracks outside the vocabulary (id <unk>); step inputs
-        (pre-state, mode, cohort, context) are (B,). Returns (B, N) predictions."""
+        (pre-state, mode, cohort, context, session start, time gap) are (B,). Returns (B, N) predictions."""
         batch = states.shape[0]
         listener, listener_wide = self._listener(states, (batch,), pre_valence, pre_arousal, pre_valence_mask,
-                                                 pre_arousal_mask, mode_ids, cohort_ids, context_ids)
+                                                 pre_arousal_mask, mode_ids, cohort_ids, context_ids, session_start,
+                                                 time_gap, session_start_mask, time_gap_mask)
         candidates, candidates_wide = self._candidate(candidate_ids, candidate_features)
         if candidates.dim() == 2:
             candidates, candidates_wide = candidates.unsqueeze(0), candidates_wide.unsqueeze(0)
         return self._predict(listener[:, None] + candidates, listener_wide[:, None] + candidates_wide)[0]
 
     def _listener(self, states, shape, pre_valence, pre_arousal, pre_valence_mask, pre_arousal_mask, mode_ids,
-                  cohort_ids, context_ids):
+                  cohort_ids, context_ids, session_start=None, time_gap=None, session_start_mask=None,
+                  time_gap_mask=None):
         """The listener's side of the head: (deep part (..., H), wide part (..., outputs))."""
         pre_state = self.pre_state_inputs(shape, pre_valence, pre_arousal, pre_valence_mask, pre_arousal_mask)
-        known = self.embed_step(shape, mode_ids, cohort_ids, context_ids) + self.pre_state_proj(pre_state)
+        known = self.embed_step(shape, mode_ids, cohort_ids, context_ids, session_start, time_gap,
+                                session_start_mask, time_gap_mask) + self.pre_state_proj(pre_state)
         # The wide part reads the pre-state as logits, the scale of the head's outputs (post = sigmoid(a·logit(pre) + …)).
         values, flags = pre_state[..., :2], pre_state[..., 2:]
         wide_input = torch.cat([torch.logit(values.clamp(0.02, 0.98)) * flags, flags], dim=-1)
@@ -449,16 +486,22 @@ class AmrsWorldModel(PreTrainedModel):
                 engagement_mask=None, rating_mask=None, valence_mask=None, arousal_mask=None, mode_ids=None,
                 cohort_ids=None, context_ids=None, pre_valence=None, pre_arousal=None, pre_valence_mask=None,
                 pre_arousal_mask=None, attention_mask=None, cache=None, use_cache=False, return_loss=None,
-                return_dict=True):
+                return_dict=True, session_start=None, time_gap=None, session_start_mask=None, time_gap_mask=None):
         """Predict every given play from the plays before it; the loss compares the predictions with the observed
         outcomes of the same plays (masked per outcome and by `attention_mask`). See `listener_states` for the
-        inputs; the pre-state is (B, T) like the outcomes. `return_loss` defaults to "if any outcome is given"."""
+        inputs; the pre-state and session inputs are (B, T) like the outcomes. `return_loss` defaults to "if any
+        outcome is given"."""
         batch, length = track_ids.shape
+        session = dict(session_start=session_start, time_gap=time_gap, session_start_mask=session_start_mask,
+                       time_gap_mask=time_gap_mask)
         encoded = self.listener_states(
             track_ids, audio_features, engagement, rating, valence, arousal, engagement_mask, rating_mask,
-            valence_mask, arousal_mask, mode_ids, cohort_ids, context_ids, attention_mask, cache, use_cache)
+            valence_mask, arousal_mask, mode_ids, cohort_ids, context_ids, attention_mask, cache, use_cache,
+            pre_valence=pre_valence, pre_arousal=pre_arousal, pre_valence_mask=pre_valence_mask,
+            pre_arousal_mask=pre_arousal_mask, **session)
         listener, listener_wide = self._listener(encoded.states, (batch, length), pre_valence, pre_arousal,
-                                                 pre_valence_mask, pre_arousal_mask, mode_ids, cohort_ids, context_ids)
+                                                 pre_valence_mask, pre_arousal_mask, mode_ids, cohort_ids, context_ids,
+                                                 **session)
         candidate, candidate_wide = self._candidate(track_ids, audio_features)
         predictions, eng_logit, like_logit = self._predict(listener + candidate, listener_wide + candidate_wide)
 

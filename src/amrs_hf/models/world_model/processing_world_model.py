@@ -6,7 +6,8 @@ histories are cut into windows of at most `max_length` plays; with `overlap` > 0
 the end of the previous one as context and scores only its new plays, so every play is predicted exactly once with
 up to `overlap` plays of history even across a window boundary.
 
-Missing outcomes and pre-states are NaN (the model masks them). This module is not part of the remote code copied
+Each play also carries its session inputs (`session_inputs`): whether it opens a session and the hours since the
+listener's previous play. Missing outcomes, pre-states and session inputs are NaN (the model masks them). This module is not part of the remote code copied
 next to the weights; it needs amrs_hf.
 """
 
@@ -23,7 +24,9 @@ from amrs_hf.data.tokenizer import track_token
 from .configuration_world_model import AmrsWorldModelConfig
 from .modeling_world_model import AmrsWorldModel
 
-FLOAT_INPUTS = (*OUTCOMES, *STATE_COLUMNS)
+# Per-play session inputs (see `session_inputs`): whether the play opens a session, hours since the previous play.
+SESSION_INPUTS = ("session_start", "time_gap")
+FLOAT_INPUTS = (*OUTCOMES, *STATE_COLUMNS, *SESSION_INPUTS)
 ID_INPUTS = ("track_ids", "mode_ids", "cohort_ids", "context_ids")
 
 
@@ -68,13 +71,31 @@ def carry_mood_forward(plays: pd.DataFrame) -> pd.DataFrame:
     return plays
 
 
+def session_inputs(plays: pd.DataFrame) -> pd.DataFrame:
+    """`session_start` and `time_gap` of every play of `plays` (in listening order, several listeners allowed); a
+    copy is returned. `session_start` is 1 where the play's session differs from the listener's previous play's, 0
+    where it continues it; a listener's first play in the log opens a session if its position is 0, else (the log
+    starts inside a session) it is unknown (NaN). `time_gap` is the hours since the listener's previous play (from
+    `timestamp`; NaN for the first play or where a timestamp is unknown); the model reads log1p of it."""
+    plays = plays.copy()
+    same_user = plays["user_id"].eq(plays["user_id"].shift())
+    same_session = same_user & plays["session_id"].eq(plays["session_id"].shift())
+    first_known = plays["position"].eq(0)
+    plays["session_start"] = np.where(same_user, (~same_session).astype(float),
+                                      np.where(first_known, 1.0, np.nan))
+    gap = (plays["timestamp"].astype(float) - plays["timestamp"].astype(float).shift()) / 3600.0
+    plays["time_gap"] = gap.where(same_user)
+    return plays
+
+
 def user_sequences(
     log: ListeningLog, tokenizer, config: AmrsWorldModelConfig, max_length: int = 256, overlap: int = 0,
     carry_mood: bool = True,
 ) -> list[dict]:
     """One dict per window of a listener's history, with lists keyed by the model's input names plus
     `play_index` (rows of `log.plays`) and `score_from` (the first position this window predicts). With
-    `carry_mood`, a missing pre-state is filled from the previous play's post-state in the same session."""
+    `carry_mood`, a missing pre-state is filled from the previous play's post-state in the same session. The
+    session inputs (`session_inputs`) come from the whole history, so a window's first play keeps its gap."""
     if not 0 <= overlap < max_length:
         raise ValueError(f"overlap must be in [0, max_length={max_length}), got {overlap}")
     if max_length >= config.max_position_embeddings:
@@ -86,8 +107,9 @@ def user_sequences(
     frame["cohort_ids"] = [config.cohort_id(c) for c in frame["cohort"]]
     contexts = {c: config.context_id(c) for c in frame["context"].dropna().unique()}
     frame["context_ids"] = frame["context"].map(contexts).fillna(0).astype(int)
-    frame[list(FLOAT_INPUTS)] = frame[list(FLOAT_INPUTS)].astype(float)
+    frame[[*OUTCOMES, *STATE_COLUMNS]] = frame[[*OUTCOMES, *STATE_COLUMNS]].astype(float)
     order = frame.sort_values(["user_id", "timestamp", "session_id", "position"], kind="stable", na_position="first")
+    order = session_inputs(order)
     if carry_mood:
         order = carry_mood_forward(order)
     windows = []

@@ -79,6 +79,12 @@ class WorldModelArguments:
     track_id_dropout: float = field(default=0.1, metadata={"help": "Train-time share of hidden track IDs."})
     use_history: bool = field(default=True, metadata={"help": "Ablation switch: False ignores past plays."})
     feed_back_outcomes: bool = field(default=True, metadata={"help": "Ablation switch: False hides past outcomes."})
+    use_session_inputs: bool = field(
+        default=True, metadata={"help": "Feed each play's session-start flag and log time gap since the previous play."}
+    )
+    pre_state_in_history: bool = field(
+        default=True, metadata={"help": "Feed each past play's pre-listening valence/arousal into its history token."}
+    )
     outcome_loss_weights: Union[dict, str, None] = field(
         default=None, metadata={"help": "Outcome -> loss weight, e.g. {\"valence\": 2.0} (JSON on the CLI)."}
     )
