@@ -15,6 +15,7 @@ COMMANDS = {
     "train-policy": ("amrs_hf.scripts.train_policy", "clone the recommender policy from a listening log"),
     "build-preferences": ("amrs_hf.scripts.build_preferences", "world-model-scored preference pairs for DPO"),
     "dpo": ("amrs_hf.scripts.dpo", "fine-tune the policy with DPO on preference pairs"),
+    "evaluate": ("amrs_hf.scripts.evaluate", "evaluate policies in world-model rollouts (and the true synthetic world)"),
     "synthetic-check": ("amrs_hf.scripts.synthetic_check", "world model vs the known truth of the synthetic world"),
 }
 

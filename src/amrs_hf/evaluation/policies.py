@@ -248,14 +248,14 @@ def oracle_utility(utility, true: dict, step_ids: dict, config) -> np.ndarray:
 
 def standard_policies(world_model, tokenizer, utility, bc_model, dpo_model, train_log: ListeningLog) -> dict:
     """The five policies the report compares: random, popular (the training log's play counts), bc and dpo (the
-    language-model policies), greedy (the highest predicted utility at every step, no anchor to the logs)."""
+    language-model policies; dpo left out when `dpo_model` is None), greedy (the highest predicted utility at every step, no anchor to the logs)."""
     config = world_model.config
     candidates = track_token_ids(tokenizer)
     return {
         "random": RandomPolicy(candidates),
         "popular": PopularPolicy.from_log(train_log, tokenizer),
         "bc": LanguageModelPolicy(bc_model, tokenizer, config.modes, config.cohorts),
-        "dpo": LanguageModelPolicy(dpo_model, tokenizer, config.modes, config.cohorts),
+        **({"dpo": LanguageModelPolicy(dpo_model, tokenizer, config.modes, config.cohorts)} if dpo_model else {}),
         "greedy": UtilityGreedyPolicy(candidates, utility),
     }
 
