@@ -29,7 +29,7 @@ from amrs_hf.models.world_model.processing_world_model import WorldModelCollator
 from amrs_hf.simulation.prefixes import session_rows
 
 from .arguments import PreferenceArguments
-from .pairs import PreferenceSet, prompt_text
+from .pairs import PreferenceSet, known, prompt_text
 from .scoring import accepted_inputs, predict_and_score
 
 
@@ -99,11 +99,11 @@ def feedback_correction(world_model, tokenizer, log: ListeningLog, utility, args
         if len(rows) == 0:
             continue
         logged = batch["track_ids"][rows, cols].cpu().numpy()
-        known = [int(t) in neighbours_of for t in logged]
-        if not all(known):  # a play of a track outside the catalogue (<unk>) has no candidates to offer
-            out.drop("empty", int(len(known) - sum(known)))
-            keep = torch.as_tensor(known)
-            rows, cols, logged = rows[keep], cols[keep], logged[np.asarray(known)]
+        in_catalogue = [int(t) in neighbours_of for t in logged]
+        if not all(in_catalogue):  # a play of a track outside the catalogue (<unk>) has no candidates to offer
+            out.drop("empty", int(len(in_catalogue) - sum(in_catalogue)))
+            keep = torch.as_tensor(in_catalogue)
+            rows, cols, logged = rows[keep], cols[keep], logged[np.asarray(in_catalogue)]
             if len(rows) == 0:
                 continue
         explore = rng.choice(catalogue, size=(len(logged), args.num_random)) if args.num_random else \
@@ -123,7 +123,7 @@ def feedback_correction(world_model, tokenizer, log: ListeningLog, utility, args
             chosen_token, rejected_token = candidates[i, 1 + best[i]], candidates[i, 0]
             history = track_of[before[play]]
             out.offer(
-                prompt=prompt_text(plays["mode"].iat[play], plays["cohort"].iat[play], history),
+                prompt=prompt_text(known(plays["mode"].iat[play]), known(plays["cohort"].iat[play]), history),
                 chosen=[_track_id(tokenizer, chosen_token)], rejected=[_track_id(tokenizer, rejected_token)],
                 chosen_utility=alternatives[i, best[i]], rejected_utility=total[i, 0], min_margin=args.min_margin,
                 strategy="feedback_correction", user_id=plays["user_id"].iat[play], play_id=plays["play_id"].iat[play])

@@ -39,6 +39,11 @@ class EmptyPreferencesError(ValueError):
     """No usable pair was built: DPO would learn nothing."""
 
 
+def known(value):
+    """`value`, or None where a log column is missing (None or NaN): a prompt leaves unknown modes/cohorts out."""
+    return None if value is None or (isinstance(value, float) and value != value) else value
+
+
 def completion_text(track_ids) -> str:
     """` t:a t:b`: a completion with the leading space TRL needs ("" for no tracks)."""
     text = tracks_to_text(track_ids)
@@ -97,4 +102,4 @@ class PreferenceSet:
 
 
 __all__ = ["DROP_REASONS", "EmptyPreferencesError", "PAIR_FEATURES", "PreferenceSet", "completion_text",
-           "prompt_text"]
+           "known", "prompt_text"]

@@ -28,7 +28,7 @@ from amrs_hf.simulation.rollout import simulate
 from amrs_hf.simulation.scoring import rollout_scores
 
 from .arguments import PreferenceArguments
-from .pairs import PreferenceSet, prompt_text
+from .pairs import PreferenceSet, known, prompt_text
 
 
 @torch.no_grad()
@@ -72,7 +72,8 @@ def rollout_preferences(world_model, policy_model, tokenizer, log: ListeningLog,
             best = int(np.where(unsafe[i], -np.inf, value[i]).argmax())
             worst = int(np.where(unsafe[i], value[i], np.inf).argmin() if unsafe[i].any() else value[i].argmin())
             out.offer(
-                prompt=prompt_text(plays["mode"].iat[cut], plays["cohort"].iat[cut], plays["track_id"].to_numpy()[rows]),
+                prompt=prompt_text(known(plays["mode"].iat[cut]), known(plays["cohort"].iat[cut]),
+                                   plays["track_id"].to_numpy()[rows]),
                 chosen=_track_ids(tokenizer, tracks[i, best]), rejected=_track_ids(tokenizer, tracks[i, worst]),
                 chosen_utility=value[i, best], rejected_utility=value[i, worst],
                 min_margin=args.min_margin if not unsafe[i, worst] else -np.inf,
