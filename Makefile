@@ -22,8 +22,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 quickstart: install
-	$(BIN)/amrs data generate --output $(QUICKSTART_DIR)/data --plays 20000 --seed 0
-	$(BIN)/amrs data describe --source synthetic --path $(QUICKSTART_DIR)/data
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/amrs pipeline --output-dir $(QUICKSTART_DIR)
 
 test: install
 	$(BIN)/python -m pytest
