@@ -25,6 +25,10 @@ def main(argv=None) -> int:
     (config,) = make_parser().parse_args_and_config(argv)
     if not config.policy_path or not config.preferences_path:
         raise SystemExit("amrs dpo: --policy_path and --preferences_path are required (or set them in --config)")
+    if config.rounds > 1:
+        raise SystemExit(f"amrs dpo: rounds={config.rounds} needs fresh pairs scored by the world model between rounds, "
+                         "which this command does not have: run `amrs pipeline` (its dpo.rounds), or alternate "
+                         "`amrs build-preferences --policy_path <last policy>` and `amrs dpo` yourself")
     run_dpo(config)
     print(f"DPO policy written to {config.output_dir}")
     return 0
