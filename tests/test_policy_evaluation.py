@@ -53,7 +53,9 @@ def make_policies(setup, utility):
     candidates = track_token_ids(tokenizer)
     lm = lambda: LanguageModelPolicy(bc, tokenizer, model.config.modes, model.config.cohorts)  # noqa: E731
     return {"random": RandomPolicy(candidates), "popular": PopularPolicy.from_log(log, tokenizer), "bc": lm(),
-            "bc_again": lm(), "greedy": UtilityGreedyPolicy(candidates, utility),
+            "bc_again": lm(), "bc_greedy": LanguageModelPolicy(bc, tokenizer, model.config.modes, model.config.cohorts,
+                                                              greedy=True),
+            "greedy": UtilityGreedyPolicy(candidates, utility),
             "popular_sampled": PopularPolicy.from_log(log, tokenizer, sample=True)}
 
 
@@ -82,7 +84,7 @@ def test_result_contract(evaluation):
     assert evaluation["setup"]["prefixes"] == 6 and evaluation["setup"]["reference"] == "bc"
     assert evaluation["setup"]["horizon"] == 3
     policies = evaluation["policies"]
-    assert list(policies) == ["random", "popular", "bc", "bc_again", "greedy", "popular_sampled"]
+    assert list(policies) == ["random", "popular", "bc", "bc_again", "bc_greedy", "greedy", "popular_sampled"]
     for name, entry in policies.items():
         for section in ("predicted", "oracle"):
             assert set(entry[section]) == PREDICTED_KEYS, (name, section)
@@ -134,7 +136,10 @@ def replay_setup(setup, policy):
     cuts = random_cuts(log, ARGS.num_prefixes, ARGS.min_history, np.random.default_rng(ARGS.seed))
     prefix = prefix_batch(model.config, tokenizer, log, cuts, MAX_HISTORY - ARGS.horizon)
     reference = LanguageModelPolicy(bc, tokenizer, model.config.modes, model.config.cohorts)
-    reference.set_session_prefix(*session_track_batch(tokenizer, log, cuts, MAX_HISTORY))
+    session = session_track_batch(tokenizer, log, cuts, MAX_HISTORY)
+    for lm in (reference, policy):
+        if hasattr(lm, "set_session_prefix"):  # as evaluate_policies does
+            lm.set_session_prefix(*session)
     capture = Capture(policy)
     simulate(model, prefix, capture, ARGS.horizon, num_rollouts=ARGS.num_rollouts,
              generator=torch.Generator().manual_seed(ARGS.seed))
@@ -172,6 +177,22 @@ def test_kl_of_deterministic_policies_is_minus_log_q_of_their_action(setup, eval
             values.append(-q.gather(1, column[:, None])[:, 0].log())
         expected = float(torch.stack(values).mean())
         assert evaluation["policies"][name]["kl_to_bc"] == pytest.approx(expected, rel=1e-5), name
+
+
+def test_kl_of_a_greedy_language_model_policy_is_minus_log_of_the_references_top_probability(setup, evaluation):
+    """The cloned policy played greedily is deterministic: KL(one-hot at argmax q || q) = -log max q, not
+    KL(q || q) = 0."""
+    _, _, _, tokenizer, model, bc = setup
+    steps, reference = replay_setup(setup, LanguageModelPolicy(bc, tokenizer, model.config.modes,
+                                                               model.config.cohorts, greedy=True))
+    values = []
+    for ctx, action in steps:
+        q = reference.distribution(ctx)
+        assert action.tolist() == [track_token_ids(tokenizer)[j] for j in q.argmax(1).tolist()]
+        values.append(-q.max(1).values.log())
+    expected = float(torch.stack(values).mean())
+    assert expected > 0.1
+    assert evaluation["policies"]["bc_greedy"]["kl_to_bc"] == pytest.approx(expected, rel=1e-5)
 
 
 def test_kl_to_itself_is_zero_and_none_without_a_distribution(evaluation):
