@@ -71,9 +71,10 @@ class _KLRecorder:
         self.kl: list[torch.Tensor] = []
         deterministic = isinstance(policy, UtilityGreedyPolicy) or (isinstance(policy, PopularPolicy)
                                                                      and not policy.sample)
+        deterministic |= isinstance(policy, LanguageModelPolicy) and policy.greedy  # plays the argmax, not samples
         self.kind = None if reference is None else (
-            "distribution" if hasattr(policy, "distribution") or isinstance(policy, RandomPolicy)
-            else "deterministic" if deterministic else None)
+            "deterministic" if deterministic
+            else "distribution" if hasattr(policy, "distribution") or isinstance(policy, RandomPolicy) else None)
 
     def __call__(self, ctx):
         action = self.policy(ctx)

@@ -43,7 +43,7 @@ def plot_affect(policies: dict, path: str) -> None:
         ax.set_xticks(x, names)
         ax.set_title(f"{outcome} after listening (mean, 95% CI)")
         finite = [v for n in names for k in ("predicted", "oracle") if k in policies[n]
-                  for v in policies[n][k][outcome]["ci95"]]
+                  for v in policies[n][k][outcome]["ci95"] if np.isfinite(v)]  # NaN: one prefix, no interval
         if finite:
             span = max(finite) - min(finite)
             ax.set_ylim(min(finite) - span - 0.01, max(finite) + span + 0.01)

@@ -71,9 +71,7 @@ def main(argv=None) -> int:
     dpo = AutoModelForCausalLM.from_pretrained(args.dpo_path).eval() if args.dpo_path else None
     _, splits, world, test_truth = load_data(data_args)
     utility = Utility.load(args.utility)
-    policies = standard_policies(world_model, tokenizer, utility, bc, dpo, splits["train"])
-    if dpo is None:
-        policies.pop("dpo")
+    policies = standard_policies(world_model, tokenizer, utility, bc, dpo, splits["train"])  # no dpo without one
     evaluation = evaluate_policies(world_model, tokenizer, utility, policies, splits["test"], eval_args,
                                    max_history=data_args.max_history, world=world, truth=test_truth)
     metrics = {"data": {"source": data_args.data_source, "test_plays": splits["test"].num_plays},

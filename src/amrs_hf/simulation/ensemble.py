@@ -163,6 +163,8 @@ def save_world_model(model, directory, **kwargs) -> None:
     root = Path(directory)
     if not isinstance(model, WorldModelEnsemble):
         model.save_pretrained(root, **kwargs)
+        # a folder that held an ensemble before: its listing would make `load_world_model` load the old ensemble
+        (root / ENSEMBLE_FILE).unlink(missing_ok=True)
         return
     root.mkdir(parents=True, exist_ok=True)
     names = ["."] + [f"member_{i}" for i in range(1, len(model))]
