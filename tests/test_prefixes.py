@@ -146,3 +146,21 @@ def test_prefix_batch_ends_each_row_at_the_cut(log, frame, tokenizer):
     # two cuts of one listener give identical rows
     for name, value in batch.items():
         torch.testing.assert_close(value[1], value[4], rtol=0, atol=0, equal_nan=True, msg=name)
+
+
+def test_a_cut_short_prefix_reads_its_first_play_as_training_does(log, frame, tokenizer):
+    """The first play of a prefix cut to `max_plays` keeps the inputs the full history gives it (session start, time
+    gap, mood carried over), as in a training window, instead of looking like the start of the listener's log."""
+    from amrs_hf.models.world_model.processing_world_model import WorldModelCollator, user_sequences
+
+    config = world_model_config(log, tokenizer, max_position_embeddings=512, use_session_inputs=True,
+                                pre_state_in_history=True)
+    user = frame["user_id"].iat[0]
+    rows = time_order(frame)[user]
+    cut, max_plays = rows[-1], 5
+    batch = prefix_batch(config, tokenizer, log, [cut], max_plays)
+    full = WorldModelCollator(tokenizer.pad_token_id)(
+        user_sequences(log.select_users([user]), tokenizer, config, max_length=len(rows) + 1))
+    for name in ("session_start", "time_gap", "pre_valence", "pre_arousal", "track_ids"):
+        torch.testing.assert_close(batch[name][0], full[name][0, -max_plays:], rtol=0, atol=0, equal_nan=True)
+    assert not torch.isnan(batch["time_gap"][0, 0])  # the play before it is known: so is the gap

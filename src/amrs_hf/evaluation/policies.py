@@ -153,7 +153,7 @@ def evaluate_policies(world_model, tokenizer, utility, policies: dict, log: List
         if hasattr(policy, "set_session_prefix"):  # a language-model policy reads the session so far
             policy.set_session_prefix(*session)
     for name, policy in tqdm(policies.items(), desc="evaluating policies", disable=not show_progress, unit="policy"):
-        recorder = _KLRecorder(policy, reference_policy, candidate_ids)
+        recorder = _KLRecorder(policy, None if name == reference else reference_policy, candidate_ids)
         generator = torch.Generator(device=world_model.device).manual_seed(args.seed)
         result = simulate(world_model, prefix, recorder, args.horizon, num_rollouts=args.num_rollouts,
                           generator=generator)

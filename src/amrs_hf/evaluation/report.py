@@ -11,6 +11,7 @@ Plots (PNG, beside the markdown):
 from __future__ import annotations
 
 import json
+import math
 import os
 
 import matplotlib
@@ -21,6 +22,17 @@ import numpy as np  # noqa: E402
 
 DIVERSITY_KEYS = ("coverage", "entropy", "gini", "ild", "repeat_rate")
 REPORT_FILE, METRICS_FILE = "report.md", "metrics.json"
+
+
+def _strict(value):
+    """`value` with NaN / infinite floats as None (null), so metrics.json is strict JSON."""
+    if isinstance(value, dict):
+        return {k: _strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def _interval(entry: dict) -> tuple[float, float, float]:
@@ -150,7 +162,7 @@ def write_report(metrics: dict, track_counts: dict, output_dir: str) -> dict:
     """Write `metrics.json`, the plots and `report.md` into `output_dir`; returns the plot files by title."""
     os.makedirs(output_dir, exist_ok=True)
     with open(os.path.join(output_dir, METRICS_FILE), "w") as f:
-        json.dump(metrics, f, indent=2)
+        json.dump(_strict(metrics), f, indent=2, allow_nan=False)
     policies = metrics["policies"]
     plots = {"predicted valence and arousal": "affect.png", "diversity profile": "diversity.png",
              "track-frequency curves": "track_frequency.png"}

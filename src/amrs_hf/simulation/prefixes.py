@@ -95,12 +95,18 @@ def session_track_batch(tokenizer, log: ListeningLog, cut_rows, max_plays: int) 
 
 def prefix_batch(config, tokenizer, log: ListeningLog, cut_rows, max_plays: int) -> dict:
     """The world model's inputs for each prefix (right-padded, one row per cut in the order of `cut_rows`; several
-    cuts may share a listener)."""
-    rows_per_cut = prefix_rows(log, cut_rows, max_plays)
+    cuts may share a listener). A prefix cut short of the listener's whole history is processed with the play
+    before it, then that play is dropped, so its first play keeps what training shows for it (session start, time
+    gap, the mood carried over from the previous play)."""
     windows = []
-    for rows in rows_per_cut:
+    for rows in prefix_rows(log, cut_rows, max_plays + 1):
+        extra = len(rows) > max_plays and len(rows) + 1 < config.max_position_embeddings
+        if len(rows) > max_plays and not extra:
+            rows = rows[1:]
         # one listener's prefix alone: user_sequences orders it by time and reads it as one window
-        (window,) = user_sequences(log.subset(np.sort(rows)), tokenizer, config, max_length=max_plays + 1)
+        (window,) = user_sequences(log.subset(np.sort(rows)), tokenizer, config, max_length=len(rows) + 1)
+        if extra:
+            window = {k: (v[1:] if isinstance(v, list) else v) for k, v in window.items()}
         windows.append(window)
     return WorldModelCollator(tokenizer.pad_token_id)(windows)
 
