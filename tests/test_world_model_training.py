@@ -179,3 +179,29 @@ def test_user_sequences_carry_session_inputs():
         assert (gaps[starts[1:] == 1] > 0.5).all() and (gaps[starts[1:] == 0] < 0.5).all()
     batch = WorldModelCollator(tokenizer.pad_token_id)(windows[:4])
     assert batch["session_start"].shape == batch["track_ids"].shape and batch["time_gap"].dtype == torch.float32
+
+
+def test_play_count_feature_holds_the_training_logs_counts():
+    """With `play_count_feature`, each track's feature column is log(1 + its plays in the training log), z-scored
+    over the catalogue; nothing of the other listeners' plays enters it."""
+    from amrs_hf.data.tokenizer import build_track_tokenizer, track_token
+    from amrs_hf.models.world_model.processing_world_model import (
+        PLAY_COUNT_FEATURE, set_catalogue, world_model_config)
+
+    log = load_log("synthetic", None, num_plays=800, seed=1, num_tracks=40, num_users=30)
+    split = cold_start_split(log, seed=0)
+    tokenizer = build_track_tokenizer(log.catalogue["track_id"])
+    config = world_model_config(split["train"], tokenizer, play_count_feature=True, hidden_size=16,
+                                num_attention_heads=2, intermediate_size=32)
+    assert config.audio_features[-1] == PLAY_COUNT_FEATURE
+    model = AmrsWorldModel(config)
+    with pytest.raises(ValueError, match="play_log"):
+        set_catalogue(model, log.catalogue_frame(), tokenizer)
+    set_catalogue(model, log.catalogue_frame(), tokenizer, play_log=split["train"])
+    counts = split["train"].plays_frame()["track_id"].value_counts()
+    tracks = log.catalogue_frame()["track_id"]
+    raw = np.log1p(tracks.map(counts).fillna(0).to_numpy(dtype=float))
+    expected = (raw - raw.mean()) / raw.std()
+    ids = tokenizer.convert_tokens_to_ids([track_token(t) for t in tracks])
+    np.testing.assert_allclose(model.track_features[ids, -1].numpy(), expected, rtol=1e-5, atol=1e-5)
+    assert raw.std() > 0  # the column carries information (counts differ across tracks)

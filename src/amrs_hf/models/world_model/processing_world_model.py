@@ -37,21 +37,36 @@ def context_vocabulary(log: ListeningLog, max_size: int = 256) -> list[str]:
     return list(counts.index[:max_size])
 
 
-def world_model_config(log: ListeningLog, tokenizer, **architecture) -> AmrsWorldModelConfig:
-    """A config whose vocabularies match `tokenizer` and the (training) log's contexts."""
+PLAY_COUNT_FEATURE = "log_train_plays"  # log(1 + the track's plays in the training log), an optional track feature
+
+
+def world_model_config(log: ListeningLog, tokenizer, play_count_feature: bool = False,
+                       **architecture) -> AmrsWorldModelConfig:
+    """A config whose vocabularies match `tokenizer` and the (training) log's contexts. `play_count_feature` adds
+    `PLAY_COUNT_FEATURE` to the track features (see `set_catalogue`)."""
     architecture.setdefault("context_vocab", context_vocabulary(log))
     return AmrsWorldModelConfig(
         vocab_size=len(tokenizer),
         pad_token_id=tokenizer.pad_token_id,
         unk_token_id=tokenizer.unk_token_id,
-        audio_features=list(AUDIO_FEATURES),
+        audio_features=list(AUDIO_FEATURES) + ([PLAY_COUNT_FEATURE] if play_count_feature else []),
         **architecture,
     )
 
 
-def set_catalogue(model: AmrsWorldModel, catalogue: pd.DataFrame, tokenizer) -> None:
-    """Store the catalogue's audio features in the model, standardised with the catalogue's own statistics (no
-    labels involved, so nothing leaks across a cold-start split)."""
+def set_catalogue(model: AmrsWorldModel, catalogue: pd.DataFrame, tokenizer, play_log: ListeningLog | None = None
+                  ) -> None:
+    """Store the catalogue's track features in the model, standardised with the catalogue's own statistics. The audio
+    features involve no labels; where the config lists `PLAY_COUNT_FEATURE`, each track's log(1 + plays) in
+    `play_log` (the training listeners' log: what a recommender knows of a track's popularity, nothing of the held-out
+    listeners) is added, so the model can tell a rarely played track from a popular one without its ID embedding."""
+    if PLAY_COUNT_FEATURE in model.config.audio_features:
+        if play_log is None:
+            raise ValueError(f"this config uses the {PLAY_COUNT_FEATURE!r} track feature: pass play_log (the "
+                             "training log whose play counts it holds)")
+        counts = play_log.plays_frame()["track_id"].value_counts()
+        catalogue = catalogue.assign(**{PLAY_COUNT_FEATURE: np.log1p(
+            catalogue["track_id"].map(counts).fillna(0).to_numpy(dtype=float))})
     scaler = AudioFeatureScaler.fit(catalogue, model.config.audio_features)
     features = np.zeros((model.config.vocab_size, len(scaler.names)))
     ids = tokenizer.convert_tokens_to_ids([track_token(t) for t in catalogue["track_id"]])

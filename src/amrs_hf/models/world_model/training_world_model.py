@@ -85,6 +85,11 @@ class WorldModelArguments:
     pre_state_in_history: bool = field(
         default=True, metadata={"help": "Feed each past play's pre-listening valence/arousal into its history token."}
     )
+    play_count_feature: bool = field(
+        default=False,
+        metadata={"help": "Add log(1 + plays in the training log) to each track's features (popularity, a proxy of "
+                          "quality the ID embedding of a rarely played track cannot learn)."},
+    )
     outcome_loss_weights: Union[dict, str, None] = field(
         default=None, metadata={"help": "Outcome -> loss weight, e.g. {\"valence\": 2.0} (JSON on the CLI)."}
     )
@@ -146,7 +151,7 @@ def train_world_model(
         splits["train"], tokenizer, outcome_loss_weights=model_args.outcome_loss_weights or None, **architecture,
     )
     model = AmrsWorldModel(config)
-    set_catalogue(model, catalogue_log.catalogue_frame(), tokenizer)
+    set_catalogue(model, catalogue_log.catalogue_frame(), tokenizer, play_log=splits["train"])
     valid = splits.get("valid")
     if valid is None or valid.num_plays == 0:
         training_args = dataclasses.replace(
