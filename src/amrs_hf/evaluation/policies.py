@@ -54,6 +54,12 @@ class PolicyEvaluationArguments:
     min_history: int = dataclasses.field(default=1, metadata={"help": "Plays a prefix holds at least."})
     seed: int = dataclasses.field(default=0, metadata={"help": "Seed of the prefixes and of every policy's rollouts."})
 
+    def __post_init__(self):
+        for name in ("horizon", "num_rollouts", "num_prefixes", "min_history"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+
 
 def mean_interval(per_prefix: np.ndarray) -> dict:
     """Mean and 95% normal interval of per-prefix values."""

@@ -1,0 +1,69 @@
+"""QA regressions for the pipeline and its stages: bad input is refused early with the file / section / key named,
+and nothing is silently mixed or misaligned."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from amrs_hf.scripts.pipeline import QUICKSTART, load_config, run_pipeline
+
+SMOKE = QUICKSTART.parent / "config_smoke.yaml"
+
+
+def _smoke():
+    return copy.deepcopy(load_config(SMOKE))
+
+
+def test_empty_config_and_non_mapping_sections_are_refused(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("")
+    with pytest.raises(ValueError, match=r"c\.yaml is empty"):
+        load_config(path)
+    path.write_text("data: [1, 2]\n")
+    with pytest.raises(ValueError, match=r"c\.yaml, section 'data': must be a mapping"):
+        load_config(path)
+    path.write_text("utility: 3\n")
+    with pytest.raises(ValueError, match=r"c\.yaml, section 'utility'"):
+        load_config(path)
+
+
+@pytest.mark.parametrize("section, key, value, expected", [
+    ("evaluation", "horizon", "3", "expected int"),
+    ("policy", "max_length", "32", "expected int"),
+    ("policy", "eval_strategy", False, "quote it"),
+    ("data", "split_fractions", "0.7,0.1,0.2", "expected a list"),
+])
+def test_values_of_the_wrong_type_are_refused_naming_section_and_key(tmp_path, section, key, value, expected):
+    config = _smoke()
+    config[section][key] = value
+    with pytest.raises(ValueError, match=f"section '{section}', key '{key}': .*{expected}"):
+        run_pipeline(config, tmp_path / "out", show_progress=False)
+    assert not (tmp_path / "out").exists()  # refused before anything ran or was written
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda c: c["evaluation"].update(horizn=3), "section 'evaluation'.*horizn"),
+    (lambda c: c["evaluation"].update(num_rollouts=0), "section 'evaluation': num_rollouts must be"),
+    (lambda c: c["dpo"].update(rounds=0), "section 'dpo': rounds must be >= 1"),
+    (lambda c: c.update(utility="no_such_utility"), "section 'utility'.*no_such_utility"),
+    (lambda c: c.update(utility={"engagment": 1}), "section 'utility'.*engagment.*did you mean 'engagement'"),
+    (lambda c: c["policy"].update(context="sessions"), "section 'policy': context must be"),
+    (lambda c: c["evaluation"].update(horizon=64), r"data.max_history \(64\) must exceed evaluation.horizon"),
+])
+def test_every_section_is_checked_before_training(tmp_path, mutate, message):
+    """A mistake in a late section (evaluation, utility) is reported before the world model trains."""
+    config = _smoke()
+    mutate(config)
+    with pytest.raises(ValueError, match=message):
+        run_pipeline(config, tmp_path / "out", show_progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_output_dir_that_is_a_file_is_refused(tmp_path):
+    path = tmp_path / "afile"
+    path.write_text("keep me")
+    with pytest.raises(NotADirectoryError, match="afile is a file"):
+        run_pipeline(_smoke(), path, show_progress=False)
+    assert path.read_text() == "keep me"
