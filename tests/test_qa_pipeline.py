@@ -67,3 +67,35 @@ def test_output_dir_that_is_a_file_is_refused(tmp_path):
     with pytest.raises(NotADirectoryError, match="afile is a file"):
         run_pipeline(_smoke(), path, show_progress=False)
     assert path.read_text() == "keep me"
+
+
+# ---- tiny models ----
+@pytest.fixture(scope="module")
+def tiny():
+    import torch
+
+    from amrs_hf.data.synthetic import SyntheticWorld, SyntheticWorldConfig
+    from amrs_hf.data.tokenizer import build_track_tokenizer
+    from amrs_hf.models.world_model import AmrsWorldModel
+    from amrs_hf.models.world_model.processing_world_model import set_catalogue, world_model_config
+
+    world = SyntheticWorld(SyntheticWorldConfig(num_tracks=30, num_users=20), seed=0)
+    log = world.generate(500, seed=0)
+    tokenizer = build_track_tokenizer(log.catalogue["track_id"])
+    torch.manual_seed(0)
+    config = world_model_config(log, tokenizer, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                intermediate_size=32, max_position_embeddings=128)
+    model = AmrsWorldModel(config)
+    set_catalogue(model, log.catalogue_frame(), tokenizer)
+    return world, log, tokenizer, model.eval()
+
+
+def test_a_single_world_model_saved_over_an_ensemble_loads_alone(tiny, tmp_path):
+    """Rerunning into the same output folder with ensemble_size 1 after 2 must not load the old members."""
+    from amrs_hf.models.world_model import AmrsWorldModel
+    from amrs_hf.simulation.ensemble import WorldModelEnsemble, load_world_model, save_world_model
+
+    model = tiny[3]
+    save_world_model(WorldModelEnsemble([model, model]), tmp_path / "wm")
+    save_world_model(model, tmp_path / "wm")
+    assert isinstance(load_world_model(tmp_path / "wm"), AmrsWorldModel)
