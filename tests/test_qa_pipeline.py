@@ -99,3 +99,50 @@ def test_a_single_world_model_saved_over_an_ensemble_loads_alone(tiny, tmp_path)
     save_world_model(WorldModelEnsemble([model, model]), tmp_path / "wm")
     save_world_model(model, tmp_path / "wm")
     assert isinstance(load_world_model(tmp_path / "wm"), AmrsWorldModel)
+
+
+def _policy(tokenizer, **overrides):
+    import torch
+
+    from amrs_hf.models.policy import AmrsPolicyConfig, AmrsPolicyForCausalLM
+
+    torch.manual_seed(0)
+    kwargs = dict(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                  intermediate_size=32, max_position_embeddings=64, dropout=0.0, pad_token_id=tokenizer.pad_token_id,
+                  bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    return AmrsPolicyForCausalLM(AmrsPolicyConfig(**{**kwargs, **overrides})).eval()
+
+
+def test_world_model_and_policy_folders_are_checked(tiny, tmp_path):
+    from amrs_hf.data.tokenizer import build_track_tokenizer
+    from amrs_hf.evaluation.policies import load_policy
+    from amrs_hf.simulation.ensemble import load_world_model, save_world_model
+
+    _, log, tokenizer, model = tiny
+    save_world_model(model, tmp_path / "world_model")
+    tokenizer.save_pretrained(tmp_path / "world_model")
+    policy = _policy(tokenizer)
+    policy.save_pretrained(tmp_path / "policy")
+    tokenizer.save_pretrained(tmp_path / "policy")
+    other = build_track_tokenizer([f"x{i}" for i in range(len(log.catalogue))])  # another catalogue, same size
+    _policy(other).save_pretrained(tmp_path / "other_policy")
+    other.save_pretrained(tmp_path / "other_policy")
+
+    with pytest.raises(FileNotFoundError, match="world model path '.*no_such' is not a folder"):
+        load_world_model(tmp_path / "no_such")
+    with pytest.raises(ValueError, match="world model path .*policy.* holds a 'amrs_policy' model"):
+        load_world_model(tmp_path / "policy")
+    with pytest.raises(ValueError, match="--bc_path .*world_model.* holds a 'amrs_world_model' model"):
+        load_policy(tmp_path / "world_model", tokenizer, "--bc_path")
+    with pytest.raises(ValueError, match="--bc_path .*other_policy.*not the world model's"):
+        load_policy(tmp_path / "other_policy", tokenizer, "--bc_path")
+    assert load_policy(tmp_path / "policy", tokenizer, "--bc_path").config.vocab_size == len(tokenizer)
+
+
+def test_language_model_policy_refuses_a_policy_of_another_vocabulary(tiny):
+    from amrs_hf.simulation.language_policy import LanguageModelPolicy
+
+    _, _, tokenizer, model = tiny
+    with pytest.raises(ValueError, match="vocab_size .* differs from the tokenizer"):
+        LanguageModelPolicy(_policy(tokenizer, vocab_size=len(tokenizer) + 5), tokenizer, model.config.modes,
+                            model.config.cohorts)

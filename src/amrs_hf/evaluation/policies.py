@@ -252,6 +252,25 @@ def oracle_utility(utility, true: dict, step_ids: dict, config) -> np.ndarray:
     return score.unconstrained.double().mean(dim=1).numpy()
 
 
+def load_policy(path, tokenizer, option: str = "policy path"):
+    """The causal-LM policy saved in `path` (eval mode), refused unless it was built on `tokenizer`'s vocabulary (the
+    world model's): a policy cloned on another catalogue would have its track ids read as the wrong tracks."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from amrs_hf.simulation.ensemble import check_model_folder
+
+    check_model_folder(path, "amrs_policy", option)
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    own, theirs = AutoTokenizer.from_pretrained(path).get_vocab(), tokenizer.get_vocab()
+    if own != theirs:
+        only = sorted(set(own) ^ set(theirs))[:3]
+        moved = [t for t in set(own) & set(theirs) if own[t] != theirs[t]][:3]
+        raise ValueError(f"{option} {str(path)!r}: its tokenizer ({len(own)} tokens) is not the world model's "
+                         f"({len(theirs)}): {'tokens in only one: ' + str(only) if only else 'ids differ: ' + str(moved)}. "
+                         "Train the policy and the world model on the same log's catalogue (the pipeline does).")
+    return model
+
+
 def standard_policies(world_model, tokenizer, utility, bc_model, dpo_model, train_log: ListeningLog) -> dict:
     """The five policies the report compares: random, popular (the training log's play counts), bc and dpo (the
     language-model policies; dpo left out when `dpo_model` is None), greedy (the highest predicted utility at every step, no anchor to the logs)."""
@@ -266,5 +285,5 @@ def standard_policies(world_model, tokenizer, utility, bc_model, dpo_model, trai
     }
 
 
-__all__ = ["OUTCOMES", "standard_policies", "PolicyEvaluationArguments", "evaluate_policies", "mean_interval", "oracle_utility",
+__all__ = ["OUTCOMES", "load_policy", "standard_policies", "PolicyEvaluationArguments", "evaluate_policies", "mean_interval", "oracle_utility",
            "true_outcomes"]
