@@ -146,3 +146,17 @@ def test_language_model_policy_refuses_a_policy_of_another_vocabulary(tiny):
     with pytest.raises(ValueError, match="vocab_size .* differs from the tokenizer"):
         LanguageModelPolicy(_policy(tokenizer, vocab_size=len(tokenizer) + 5), tokenizer, model.config.modes,
                             model.config.cohorts)
+
+
+def test_evaluated_language_model_policies_read_what_cloning_trained_on(tiny):
+    """The pipeline's bc/dpo policies read at most max_length - 4 tracks: beyond, positions the cloned policy never
+    learned would handicap it against the DPO policy (trained on longer prompts) in the comparison."""
+    from amrs_hf.evaluation.policies import standard_policies
+    from amrs_hf.objectives import Utility
+
+    _, log, tokenizer, model = tiny
+    policy = _policy(tokenizer)
+    policies = standard_policies(model, tokenizer, Utility.load("mode_aware"), policy, policy, log,
+                                 max_prompt_tracks=28)
+    assert policies["bc"].max_history == policies["dpo"].max_history == 28
+    assert standard_policies(model, tokenizer, Utility.load("mode_aware"), policy, None, log)["bc"].max_history == 61

@@ -271,16 +271,22 @@ def load_policy(path, tokenizer, option: str = "policy path"):
     return model
 
 
-def standard_policies(world_model, tokenizer, utility, bc_model, dpo_model, train_log: ListeningLog) -> dict:
+def standard_policies(world_model, tokenizer, utility, bc_model, dpo_model, train_log: ListeningLog,
+                      max_prompt_tracks: int | None = None) -> dict:
     """The five policies the report compares: random, popular (the training log's play counts), bc and dpo (the
-    language-model policies; dpo left out when `dpo_model` is None), greedy (the highest predicted utility at every step, no anchor to the logs)."""
+    language-model policies; dpo left out when `dpo_model` is None), greedy (the highest predicted utility at every
+    step, no anchor to the logs). `max_prompt_tracks`: the tracks the language-model policies read (default: what
+    fits their positions); give what behaviour cloning trained on (`max_length - 4`: <bos>, mode, cohort, and the
+    window's last token predicts nothing), else long sessions reach positions the cloned policy never learned."""
     config = world_model.config
     candidates = track_token_ids(tokenizer)
+    kwargs = {"max_history": max_prompt_tracks}
     return {
         "random": RandomPolicy(candidates),
         "popular": PopularPolicy.from_log(train_log, tokenizer),
-        "bc": LanguageModelPolicy(bc_model, tokenizer, config.modes, config.cohorts),
-        **({"dpo": LanguageModelPolicy(dpo_model, tokenizer, config.modes, config.cohorts)} if dpo_model else {}),
+        "bc": LanguageModelPolicy(bc_model, tokenizer, config.modes, config.cohorts, **kwargs),
+        **({"dpo": LanguageModelPolicy(dpo_model, tokenizer, config.modes, config.cohorts, **kwargs)}
+           if dpo_model else {}),
         "greedy": UtilityGreedyPolicy(candidates, utility),
     }
 

@@ -291,7 +291,9 @@ def run_pipeline(config: dict, output_dir, show_progress: bool = True) -> dict:
 
     # ---- evaluation ----
     resolved["evaluation"] = dataclasses.asdict(eval_args)
-    policies = standard_policies(world_model, tokenizer, utility, bc, policy, splits["train"])
+    # the language-model policies read at most what behaviour cloning trained on (its windows of max_length tokens)
+    policies = standard_policies(world_model, tokenizer, utility, bc, policy, splits["train"],
+                                 max_prompt_tracks=max(1, p_data_args.max_length - 4))
     _log(f"evaluating {', '.join(policies)} on held-out listeners")
     evaluation = evaluate_policies(world_model, tokenizer, utility, policies, splits["test"], eval_args,
                                    max_history=data_args.max_history, world=world, truth=test_truth,
