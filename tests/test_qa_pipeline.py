@@ -160,3 +160,11 @@ def test_evaluated_language_model_policies_read_what_cloning_trained_on(tiny):
                                  max_prompt_tracks=28)
     assert policies["bc"].max_history == policies["dpo"].max_history == 28
     assert standard_policies(model, tokenizer, Utility.load("mode_aware"), policy, None, log)["bc"].max_history == 61
+
+
+def test_feedback_correction_without_negative_feedback_fails_before_training(tmp_path):
+    config = _smoke()
+    config["preferences"].update(strategy="feedback_correction", skip_threshold=-1.0, dislike_score=0)
+    with pytest.raises(ValueError, match="section 'preferences': strategy feedback_correction needs negative"):
+        run_pipeline(config, tmp_path / "out", show_progress=False)
+    assert not (tmp_path / "out" / "world_model").exists()

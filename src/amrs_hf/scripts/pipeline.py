@@ -217,6 +217,15 @@ def run_pipeline(config: dict, output_dir, show_progress: bool = True) -> dict:
     splits = split_log(log, data_args)
     if world is not None:
         _, test_truth = split_with_truth(log, truth, data_args)
+    if pref_args.strategy == "feedback_correction":
+        from amrs_hf.preferences import negative_feedback
+
+        if not negative_feedback(splits["train"], pref_args.skip_threshold, pref_args.dislike_score).any():
+            raise ValueError(
+                "pipeline config, section 'preferences': strategy feedback_correction needs negative feedback, but "
+                f"no training play is disliked (rating score <= dislike_score={pref_args.dislike_score}, or no like) "
+                f"or skipped (engagement < skip_threshold={pref_args.skip_threshold}); raise those thresholds or use "
+                "strategy: rollout or both")
     tokenizer = build_track_tokenizer(log.catalogue["track_id"])
     metrics = {"data": {
         "source": data_args.data_source, "plays": log.num_plays, "tracks": len(log.catalogue),
