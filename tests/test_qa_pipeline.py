@@ -50,6 +50,7 @@ def test_values_of_the_wrong_type_are_refused_naming_section_and_key(tmp_path, s
     (lambda c: c.update(utility="no_such_utility"), "section 'utility'.*no_such_utility"),
     (lambda c: c.update(utility={"engagment": 1}), "section 'utility'.*engagment.*did you mean 'engagement'"),
     (lambda c: c["policy"].update(context="sessions"), "section 'policy': context must be"),
+    (lambda c: c["policy"].update(context="history"), "section 'policy': context 'history' is not supported"),
     (lambda c: c["evaluation"].update(horizon=64), r"data.max_history \(64\) must exceed evaluation.horizon"),
 ])
 def test_every_section_is_checked_before_training(tmp_path, mutate, message):

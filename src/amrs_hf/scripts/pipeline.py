@@ -191,6 +191,10 @@ def run_pipeline(config: dict, output_dir, show_progress: bool = True) -> dict:
             split_fractions=list(data_args.split_fractions), split_seed=data_args.split_seed, **policy_data)
     except ValueError as err:
         raise ValueError(f"pipeline config, section 'policy': {err}") from None
+    if p_data_args.context != "session":
+        raise ValueError(f"pipeline config, section 'policy': context {p_data_args.context!r} is not supported here: "
+                         "the preference prompts, DPO and the evaluation give the policy the current session only "
+                         "(mode, cohort, the session's tracks), so it must be cloned with context: session")
     p_model_args, p_train_args = parse_section(
         (PolicyModelArguments, PolicyTrainingArguments), policy_section, "policy",
         output_dir=str(checkpoints / "policy_bc"))
