@@ -54,6 +54,12 @@ class PolicyEvaluationArguments:
     min_history: int = dataclasses.field(default=1, metadata={"help": "Plays a prefix holds at least."})
     seed: int = dataclasses.field(default=0, metadata={"help": "Seed of the prefixes and of every policy's rollouts."})
 
+    def __post_init__(self):
+        for name in ("horizon", "num_rollouts", "num_prefixes", "min_history"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+
 
 def mean_interval(per_prefix: np.ndarray) -> dict:
     """Mean and 95% normal interval of per-prefix values."""
@@ -247,19 +253,44 @@ def oracle_utility(utility, true: dict, step_ids: dict, config) -> np.ndarray:
     return score.unconstrained.double().mean(dim=1).numpy()
 
 
-def standard_policies(world_model, tokenizer, utility, bc_model, dpo_model, train_log: ListeningLog) -> dict:
+def load_policy(path, tokenizer, option: str = "policy path"):
+    """The causal-LM policy saved in `path` (eval mode), refused unless it was built on `tokenizer`'s vocabulary (the
+    world model's): a policy cloned on another catalogue would have its track ids read as the wrong tracks."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from amrs_hf.simulation.ensemble import check_model_folder
+
+    check_model_folder(path, "amrs_policy", option)
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    own, theirs = AutoTokenizer.from_pretrained(path).get_vocab(), tokenizer.get_vocab()
+    if own != theirs:
+        only = sorted(set(own) ^ set(theirs))[:3]
+        moved = [t for t in set(own) & set(theirs) if own[t] != theirs[t]][:3]
+        raise ValueError(f"{option} {str(path)!r}: its tokenizer ({len(own)} tokens) is not the world model's "
+                         f"({len(theirs)}): {'tokens in only one: ' + str(only) if only else 'ids differ: ' + str(moved)}. "
+                         "Train the policy and the world model on the same log's catalogue (the pipeline does).")
+    return model
+
+
+def standard_policies(world_model, tokenizer, utility, bc_model, dpo_model, train_log: ListeningLog,
+                      max_prompt_tracks: int | None = None) -> dict:
     """The five policies the report compares: random, popular (the training log's play counts), bc and dpo (the
-    language-model policies; dpo left out when `dpo_model` is None), greedy (the highest predicted utility at every step, no anchor to the logs)."""
+    language-model policies; dpo left out when `dpo_model` is None), greedy (the highest predicted utility at every
+    step, no anchor to the logs). `max_prompt_tracks`: the tracks the language-model policies read (default: what
+    fits their positions); give what behaviour cloning trained on (`max_length - 4`: <bos>, mode, cohort, and the
+    window's last token predicts nothing), else long sessions reach positions the cloned policy never learned."""
     config = world_model.config
     candidates = track_token_ids(tokenizer)
+    kwargs = {"max_history": max_prompt_tracks}
     return {
         "random": RandomPolicy(candidates),
         "popular": PopularPolicy.from_log(train_log, tokenizer),
-        "bc": LanguageModelPolicy(bc_model, tokenizer, config.modes, config.cohorts),
-        **({"dpo": LanguageModelPolicy(dpo_model, tokenizer, config.modes, config.cohorts)} if dpo_model else {}),
+        "bc": LanguageModelPolicy(bc_model, tokenizer, config.modes, config.cohorts, **kwargs),
+        **({"dpo": LanguageModelPolicy(dpo_model, tokenizer, config.modes, config.cohorts, **kwargs)}
+           if dpo_model else {}),
         "greedy": UtilityGreedyPolicy(candidates, utility),
     }
 
 
-__all__ = ["OUTCOMES", "standard_policies", "PolicyEvaluationArguments", "evaluate_policies", "mean_interval", "oracle_utility",
+__all__ = ["OUTCOMES", "load_policy", "standard_policies", "PolicyEvaluationArguments", "evaluate_policies", "mean_interval", "oracle_utility",
            "true_outcomes"]

@@ -48,12 +48,14 @@ def make_parser() -> TrlParser:
 
 
 def main(argv=None) -> int:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
+
+    from amrs_hf.evaluation.policies import load_policy
 
     args, data_args, pref_args = make_parser().parse_args_and_config(argv)
     world_model = load_world_model(args.world_model_path).eval()
     tokenizer = AutoTokenizer.from_pretrained(args.world_model_path)
-    policy = AutoModelForCausalLM.from_pretrained(args.policy_path).eval() if args.policy_path else None
+    policy = load_policy(args.policy_path, tokenizer, "--policy_path") if args.policy_path else None
     log = load_log(data_args.data_source, data_args.data_path, **data_args.data_options)
     part = split_log(log, data_args)[args.split_part]
     if part is None:

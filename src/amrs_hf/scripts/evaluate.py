@@ -18,7 +18,7 @@ from typing import Optional
 
 from trl import TrlParser
 
-from amrs_hf.evaluation.policies import PolicyEvaluationArguments, evaluate_policies, standard_policies
+from amrs_hf.evaluation.policies import PolicyEvaluationArguments, evaluate_policies, load_policy, standard_policies
 from amrs_hf.evaluation.report import write_report
 from amrs_hf.models.world_model.training_world_model import DataArguments, split_log
 from amrs_hf.objectives import DEFAULT_PRESET, Utility
@@ -62,13 +62,13 @@ def make_parser() -> TrlParser:
 
 
 def main(argv=None) -> int:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     args, data_args, eval_args = make_parser().parse_args_and_config(argv)
     world_model = load_world_model(args.world_model_path).eval()
     tokenizer = AutoTokenizer.from_pretrained(args.world_model_path)
-    bc = AutoModelForCausalLM.from_pretrained(args.bc_path).eval()
-    dpo = AutoModelForCausalLM.from_pretrained(args.dpo_path).eval() if args.dpo_path else None
+    bc = load_policy(args.bc_path, tokenizer, "--bc_path")
+    dpo = load_policy(args.dpo_path, tokenizer, "--dpo_path") if args.dpo_path else None
     _, splits, world, test_truth = load_data(data_args)
     utility = Utility.load(args.utility)
     policies = standard_policies(world_model, tokenizer, utility, bc, dpo, splits["train"])  # no dpo without one

@@ -27,9 +27,12 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import enum
 import json
 import sys
 import time
+import types
+import typing
 from pathlib import Path
 
 import numpy as np
@@ -45,20 +48,89 @@ def load_config(path) -> dict:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"pipeline config {path} does not exist")
-    config = yaml.safe_load(path.read_text()) or {}
+    config = yaml.safe_load(path.read_text())
+    if config is None:
+        raise ValueError(f"{path} is empty; a pipeline config is a mapping of sections {SECTIONS} (see "
+                         f"{QUICKSTART.name} for an example)")
     if not isinstance(config, dict):
         raise ValueError(f"{path}: a pipeline config is a mapping of sections {SECTIONS}")
     unknown = sorted(set(config) - set(SECTIONS))
     if unknown:
         raise ValueError(f"{path}: unknown section(s) {unknown}; valid sections: {', '.join(SECTIONS)}")
+    for name, section in config.items():
+        if name == "utility":
+            if not isinstance(section, (str, dict)):
+                raise ValueError(f"{path}, section 'utility': give a preset name, a YAML file or a mapping, got "
+                                 f"{section!r}")
+        elif section is not None and not isinstance(section, dict):
+            raise ValueError(f"{path}, section {name!r}: must be a mapping of that stage's options "
+                             f"(key: value), got {type(section).__name__} {section!r}")
     return config
 
 
-def parse_section(types, section: dict | None, name: str, **fixed):
-    """The section's dataclasses (HfArgumentParser.parse_dict), unknown keys refused with the section named."""
+def _simple_types(hint) -> tuple | None:
+    """The accepted Python types of a field annotated `hint` (None allowed where Optional), or None when the type is
+    not a plain scalar / list of scalars (left to the dataclass itself)."""
+    args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    out = []
+    for arg in args:
+        if arg is type(None) or arg in (bool, int, float, str):
+            out.append(arg)
+        elif isinstance(arg, type) and issubclass(arg, enum.Enum):
+            out.append(str)
+        elif typing.get_origin(arg) is list and all(a in (bool, int, float, str) for a in typing.get_args(arg)):
+            out.append(arg)
+        else:
+            return None
+    return tuple(out)
+
+
+def _type_ok(value, accepted) -> bool:
+    for kind in accepted:
+        if kind is type(None) and value is None:
+            return True
+        if kind is bool and isinstance(value, bool):
+            return True
+        if kind is int and isinstance(value, int) and not isinstance(value, bool):
+            return True
+        if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True
+        if kind is str and isinstance(value, str):
+            return True
+        if typing.get_origin(kind) is list and isinstance(value, list):
+            if all(_type_ok(v, typing.get_args(kind)) for v in value):
+                return True
+    return False
+
+
+def _check_types(types_, values: dict, name: str) -> None:
+    """Refuse a value whose YAML type does not match its option's (HfArgumentParser.parse_dict does not convert:
+    `horizon: '3'` would reach the code as a string), naming the section and key."""
+    for cls in types_:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if f.name not in values or f.name not in hints:
+                continue
+            accepted = _simple_types(hints[f.name])
+            if accepted and not _type_ok(values[f.name], accepted):
+                wanted = " or ".join(sorted({"a list" if typing.get_origin(k) is list else
+                                             "null" if k is type(None) else k.__name__ for k in accepted}))
+                hint = " (YAML reads an unquoted no/yes/off/on as a boolean: quote it)" \
+                    if isinstance(values[f.name], bool) and str in accepted else ""
+                raise ValueError(f"pipeline config, section {name!r}, key {f.name!r}: expected {wanted}, got "
+                                 f"{values[f.name]!r} ({type(values[f.name]).__name__}){hint}")
+
+
+def parse_section(types_, section: dict | None, name: str, **fixed):
+    """The section's dataclasses (HfArgumentParser.parse_dict), unknown keys and values of the wrong type refused
+    with the section and key named."""
+    if section is not None and not isinstance(section, dict):
+        raise ValueError(f"pipeline config, section {name!r}: must be a mapping of that stage's options, got "
+                         f"{section!r}")
     values = {**(section or {}), **fixed}
+    _check_types(types_, values, name)
     try:
-        return HfArgumentParser(types).parse_dict(values, allow_extra_keys=False)
+        return HfArgumentParser(types_).parse_dict(values, allow_extra_keys=False)
     except ValueError as err:
         raise ValueError(f"pipeline config, section {name!r}: {err}") from None
 
@@ -94,24 +166,70 @@ def run_pipeline(config: dict, output_dir, show_progress: bool = True) -> dict:
 
         datasets.disable_progress_bars()
     out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--output-dir {out} is a file; give a folder (it is created if missing)")
     checkpoints = out / "checkpoints"
     resolved = {}
     started = time.time()
 
-    # ---- data ----
+    # ---- every section checked before anything trains (a typo in `evaluation` must not cost the training) ----
     (data_args,) = parse_section((DataArguments,), config.get("data"), "data")
+    if data_args.split != "cold_start":
+        raise ValueError("the pipeline evaluates on held-out listeners: data.split must be cold_start")
+    wm_model_args, wm_train_args = parse_section(
+        (WorldModelArguments, WorldModelTrainingArguments), config.get("world_model"), "world_model",
+        **{"output_dir": str(checkpoints / "world_model")})
+    policy_section = config.get("policy")
+    if policy_section is not None and not isinstance(policy_section, dict):
+        parse_section((), policy_section, "policy")  # raises, naming the section
+    policy_section = dict(policy_section or {})
+    policy_data = {k: policy_section.pop(k) for k in POLICY_DATA_KEYS if k in policy_section}
+    _check_types((PolicyDataArguments,), policy_data, "policy")
+    try:
+        p_data_args = PolicyDataArguments(
+            data_source=data_args.data_source, data_path=data_args.data_path, data_options=data_args.data_options,
+            split_fractions=list(data_args.split_fractions), split_seed=data_args.split_seed, **policy_data)
+    except ValueError as err:
+        raise ValueError(f"pipeline config, section 'policy': {err}") from None
+    if p_data_args.context != "session":
+        raise ValueError(f"pipeline config, section 'policy': context {p_data_args.context!r} is not supported here: "
+                         "the preference prompts, DPO and the evaluation give the policy the current session only "
+                         "(mode, cohort, the session's tracks), so it must be cloned with context: session")
+    p_model_args, p_train_args = parse_section(
+        (PolicyModelArguments, PolicyTrainingArguments), policy_section, "policy",
+        output_dir=str(checkpoints / "policy_bc"))
+    try:
+        utility = Utility.load(config.get("utility") or "mode_aware")
+    except ValueError as err:
+        raise ValueError(f"pipeline config, section 'utility': {err}") from None
+    (pref_args,) = parse_section((PreferenceArguments,), config.get("preferences"), "preferences")
+    (dpo_args,) = parse_section((AmrsDPOConfig,), config.get("dpo"), "dpo", output_dir=str(checkpoints / "policy_dpo"))
+    (eval_args,) = parse_section((PolicyEvaluationArguments,), config.get("evaluation"), "evaluation")
+    if data_args.max_history <= eval_args.horizon:
+        raise ValueError(f"pipeline config: data.max_history ({data_args.max_history}) must exceed evaluation.horizon "
+                         f"({eval_args.horizon})")
+
+    out.mkdir(parents=True, exist_ok=True)
+
+    # ---- data ----
     resolved["data"] = dataclasses.asdict(data_args)
     world = truth = test_truth = None
     if data_args.data_source == "synthetic" and not data_args.data_path:
         world, log, truth = generate_world(data_args)
     else:
         log = load_log(data_args.data_source, data_args.data_path, **data_args.data_options)
-    if data_args.split != "cold_start":
-        raise ValueError("the pipeline evaluates on held-out listeners: data.split must be cold_start")
     splits = split_log(log, data_args)
     if world is not None:
         _, test_truth = split_with_truth(log, truth, data_args)
+    if pref_args.strategy == "feedback_correction":
+        from amrs_hf.preferences import negative_feedback
+
+        if not negative_feedback(splits["train"], pref_args.skip_threshold, pref_args.dislike_score).any():
+            raise ValueError(
+                "pipeline config, section 'preferences': strategy feedback_correction needs negative feedback, but "
+                f"no training play is disliked (rating score <= dislike_score={pref_args.dislike_score}, or no like) "
+                f"or skipped (engagement < skip_threshold={pref_args.skip_threshold}); raise those thresholds or use "
+                "strategy: rollout or both")
     tokenizer = build_track_tokenizer(log.catalogue["track_id"])
     metrics = {"data": {
         "source": data_args.data_source, "plays": log.num_plays, "tracks": len(log.catalogue),
@@ -122,9 +240,6 @@ def run_pipeline(config: dict, output_dir, show_progress: bool = True) -> dict:
     _log(f"data: {json.dumps(metrics['data'])}")
 
     # ---- world model ----
-    wm_model_args, wm_train_args = parse_section(
-        (WorldModelArguments, WorldModelTrainingArguments), config.get("world_model"), "world_model",
-        **{"output_dir": str(checkpoints / "world_model")})
     wm_train_args.disable_tqdm = not show_progress
     members = []
     for member in range(wm_train_args.ensemble_size):
@@ -147,14 +262,6 @@ def run_pipeline(config: dict, output_dir, show_progress: bool = True) -> dict:
          f"{wm_fidelity['arousal'].get('r2', float('nan')):.3f}")
 
     # ---- behaviour cloning ----
-    policy_section = dict(config.get("policy") or {})
-    policy_data = {k: policy_section.pop(k) for k in POLICY_DATA_KEYS if k in policy_section}
-    p_data_args = PolicyDataArguments(
-        data_source=data_args.data_source, data_path=data_args.data_path, data_options=data_args.data_options,
-        split_fractions=list(data_args.split_fractions), split_seed=data_args.split_seed, **policy_data)
-    p_model_args, p_train_args = parse_section(
-        (PolicyModelArguments, PolicyTrainingArguments), policy_section, "policy",
-        output_dir=str(checkpoints / "policy_bc"))
     p_train_args.disable_tqdm = not show_progress
     _log("behaviour cloning")
     bc, _ = train_policy(splits, log, p_data_args, p_model_args, p_train_args, tokenizer=tokenizer)
@@ -171,12 +278,8 @@ def run_pipeline(config: dict, output_dir, show_progress: bool = True) -> dict:
     _log(f"behaviour cloning: held-out {json.dumps({k: v for k, v in bc_ranking.items() if '@' in k})}")
 
     # ---- utility and preferences ----
-    utility = Utility.load(config.get("utility", "mode_aware"))
     resolved["utility"] = utility.to_dict()
-    (pref_args,) = parse_section((PreferenceArguments,), config.get("preferences"), "preferences")
     resolved["preferences"] = dataclasses.asdict(pref_args)
-    dpo_section = dict(config.get("dpo") or {})
-    (dpo_args,) = parse_section((AmrsDPOConfig,), dpo_section, "dpo", output_dir=str(checkpoints / "policy_dpo"))
     dpo_args.disable_tqdm = not show_progress
     resolved["dpo"] = dpo_args.to_dict()
     policy, preference_summaries = copy.deepcopy(bc), []  # DPO trains in place; bc stays the cloned policy
@@ -200,9 +303,10 @@ def run_pipeline(config: dict, output_dir, show_progress: bool = True) -> dict:
     dpo_ranking = ranking(policy)
 
     # ---- evaluation ----
-    (eval_args,) = parse_section((PolicyEvaluationArguments,), config.get("evaluation"), "evaluation")
     resolved["evaluation"] = dataclasses.asdict(eval_args)
-    policies = standard_policies(world_model, tokenizer, utility, bc, policy, splits["train"])
+    # the language-model policies read at most what behaviour cloning trained on (its windows of max_length tokens)
+    policies = standard_policies(world_model, tokenizer, utility, bc, policy, splits["train"],
+                                 max_prompt_tracks=max(1, p_data_args.max_length - 4))
     _log(f"evaluating {', '.join(policies)} on held-out listeners")
     evaluation = evaluate_policies(world_model, tokenizer, utility, policies, splits["test"], eval_args,
                                    max_history=data_args.max_history, world=world, truth=test_truth,

@@ -162,6 +162,8 @@ def save_world_model(model, directory, **kwargs) -> None:
     and `WorldModelEnsemble.from_pretrained` load the whole ensemble)."""
     root = Path(directory)
     if not isinstance(model, WorldModelEnsemble):
+        # an ensemble saved here before would otherwise still be listed and loaded, its old members mixed with this
+        (root / ENSEMBLE_FILE).unlink(missing_ok=True)
         model.save_pretrained(root, **kwargs)
         # a folder that held an ensemble before: its listing would make `load_world_model` load the old ensemble
         (root / ENSEMBLE_FILE).unlink(missing_ok=True)
@@ -173,8 +175,27 @@ def save_world_model(model, directory, **kwargs) -> None:
     (root / ENSEMBLE_FILE).write_text(json.dumps({"members": names}, indent=2) + "\n")
 
 
+def check_model_folder(directory, model_type: str, option: str) -> None:
+    """Raise, naming `option` and the folder, when a local `directory` is missing or holds another kind of model
+    (e.g. a policy folder given as the world model). A Hub id ("owner/name") that is not a local folder passes."""
+    path = Path(directory)
+    if not path.is_dir():
+        if path.is_absolute() or str(directory).startswith(".") or str(directory).count("/") != 1 or path.exists():
+            raise FileNotFoundError(f"{option} {str(directory)!r} is not a folder (give the output folder of the "
+                                    f"stage that wrote the {model_type} model)")
+        return
+    config = path / "config.json"
+    if not config.is_file():
+        raise FileNotFoundError(f"{option} {str(directory)!r} has no config.json: not a saved model folder")
+    found = json.loads(config.read_text()).get("model_type")
+    if found != model_type:
+        raise ValueError(f"{option} {str(directory)!r} holds a {found!r} model, not {model_type!r} (a policy folder "
+                         "given as the world model, or the reverse?)")
+
+
 def load_world_model(directory, **kwargs):
     """An `AmrsWorldModel`, or a `WorldModelEnsemble` where the folder has an `ensemble.json`."""
+    check_model_folder(directory, "amrs_world_model", "world model path")
     if (Path(directory) / ENSEMBLE_FILE).exists():
         return WorldModelEnsemble.from_pretrained(directory, **kwargs)
     return AmrsWorldModel.from_pretrained(directory, **kwargs)

@@ -40,6 +40,10 @@ class LanguageModelPolicy:
                  greedy: bool = False):
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
+        vocab_size = getattr(model.config, "vocab_size", None)
+        if vocab_size is not None and vocab_size != len(tokenizer):
+            raise ValueError(f"the policy's vocab_size ({vocab_size}) differs from the tokenizer's ({len(tokenizer)}): "
+                             "the policy and the world model must be built on the same catalogue / tokenizer")
         self.model, self.tokenizer = model, tokenizer
         self.candidate_ids = torch.tensor(track_token_ids(tokenizer), dtype=torch.long)
         self.mode_tokens = _id_table(modes, mode_token, tokenizer)
