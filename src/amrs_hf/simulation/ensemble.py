@@ -162,8 +162,6 @@ def save_world_model(model, directory, **kwargs) -> None:
     and `WorldModelEnsemble.from_pretrained` load the whole ensemble)."""
     root = Path(directory)
     if not isinstance(model, WorldModelEnsemble):
-        # an ensemble saved here before would otherwise still be listed and loaded, its old members mixed with this
-        (root / ENSEMBLE_FILE).unlink(missing_ok=True)
         model.save_pretrained(root, **kwargs)
         # a folder that held an ensemble before: its listing would make `load_world_model` load the old ensemble
         (root / ENSEMBLE_FILE).unlink(missing_ok=True)
