@@ -261,9 +261,9 @@ def test_single_member_has_no_disagreement(tokenizer, tracks):
 
 
 def test_ensemble_save_and_load(ensemble, tracks, tmp_path):
-    ensemble.save_pretrained(tmp_path)
+    ensemble.save_pretrained(tmp_path)  # member 0 at the root, the others in member_<i>
     for loaded in (WorldModelEnsemble.from_pretrained(tmp_path),
-                   WorldModelEnsemble.from_pretrained([tmp_path / f"member_{i}" for i in range(3)])):
+                   WorldModelEnsemble.from_pretrained([tmp_path, tmp_path / "member_1", tmp_path / "member_2"])):
         assert len(loaded) == 3
         for a, b in zip(ensemble.members, loaded.members):
             for name, tensor in a.state_dict().items():

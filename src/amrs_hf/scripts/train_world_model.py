@@ -29,7 +29,7 @@ from amrs_hf.models.world_model.training_world_model import (  # noqa: F401  (re
     split_log,
     train_world_model,
 )
-from amrs_hf.simulation.ensemble import WorldModelEnsemble
+from amrs_hf.simulation.ensemble import WorldModelEnsemble, save_world_model
 
 TRAIN_CONFIG_FILE, EVAL_RESULTS_FILE = "train_config.json", "eval_results.json"
 
@@ -62,10 +62,7 @@ def main(argv=None) -> int:
 
     if training_args.should_save:
         os.makedirs(training_args.output_dir, exist_ok=True)
-        if len(members) == 1:
-            members[0].save_pretrained(training_args.output_dir)
-        else:
-            WorldModelEnsemble(members).save_pretrained(training_args.output_dir)
+        save_world_model(members[0] if len(members) == 1 else WorldModelEnsemble(members), training_args.output_dir)
         tokenizer.save_pretrained(training_args.output_dir)
         resolved = {
             "data": dataclasses.asdict(data_args),

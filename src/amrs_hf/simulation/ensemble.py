@@ -120,13 +120,9 @@ class WorldModelEnsemble(nn.Module):
         return cls([AmrsWorldModel.from_pretrained(path, **kwargs) for path in paths])
 
     def save_pretrained(self, directory, **kwargs) -> None:
-        """Each member in `directory/member_<i>` (a complete model folder), and `ensemble.json` listing them."""
-        root = Path(directory)
-        root.mkdir(parents=True, exist_ok=True)
-        names = [f"member_{i}" for i in range(len(self))]
-        for name, model in zip(names, self.members):
-            model.save_pretrained(root / name, **kwargs)
-        (root / ENSEMBLE_FILE).write_text(json.dumps({"members": names}, indent=2) + "\n")
+        """The layout of `save_world_model`: member 0 at the root (so `AutoModel.from_pretrained` loads it), the
+        others in `member_<i>`, and `ensemble.json` listing all of them."""
+        save_world_model(self, directory, **kwargs)
 
     def forward(self, **inputs) -> EnsemblePredictions:
         """Per-play predictions (B, T) of every member for the same inputs as `AmrsWorldModel.forward`."""

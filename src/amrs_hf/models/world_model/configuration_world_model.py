@@ -32,8 +32,9 @@ class AmrsWorldModelConfig(PreTrainedConfig):
     (`amrs_hf.data.tokenizer`), so `vocab_size = len(tokenizer)`; `pad_token_id` and `unk_token_id` have no ID
     embedding (a track is then its audio features alone).
 
-    Optional inputs (`use_session_inputs`, `pre_state_in_history`) default to False so that a checkpoint saved before
-    they existed loads with the architecture it was trained with; `amrs train-world-model` turns both on.
+    Optional inputs (`use_session_inputs`, `pre_state_in_history`, `wide_history`) default to False so that a
+    checkpoint saved before they existed loads with the architecture it was trained with; `amrs train-world-model`
+    turns them on.
 
     Every value is checked when the config is built: a bad one raises `ValueError` (transformers itself would accept
     it silently), and an unknown keyword that looks like a misspelt field (`hiden_size`) is refused too.
@@ -65,6 +66,8 @@ class AmrsWorldModelConfig(PreTrainedConfig):
     # --- optional per-play inputs (False in old checkpoints, whose configs lack them: they load unchanged) ---
     use_session_inputs: bool = False  # session-start flag and log time gap since the previous play, per play
     pre_state_in_history: bool = False  # a play's pre-listening valence/arousal enters its history token too
+    wide_history: bool = False  # the head also reads running statistics of the listener's past outcomes and the
+    #                             pre-state split by whether the play continues a session (see AmrsWorldModel)
     # --- heads and losses ---
     outcome_loss_weights: dict[str, float] | None = None  # outcome -> weight in the loss; None -> 1.0 each
     min_variance: float = 1e-4  # floor of predicted valence/arousal variances (the ceiling is 0.25, a [0,1] value's)
@@ -150,7 +153,7 @@ class AmrsWorldModelConfig(PreTrainedConfig):
         if not isinstance(self.min_variance, (int, float)) or not 0.0 < self.min_variance < 0.25:
             raise ValueError(f"min_variance must be in (0, 0.25), got {self.min_variance!r}")
         for name in ("use_history", "feed_back_outcomes", "use_session_inputs", "pre_state_in_history",
-                     "tie_word_embeddings"):
+                     "wide_history", "tie_word_embeddings"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
         if self.tie_word_embeddings:
