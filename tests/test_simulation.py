@@ -6,6 +6,7 @@ import torch
 
 from amrs_hf.data.tokenizer import build_track_tokenizer, track_token_ids
 from amrs_hf.models.world_model import AmrsWorldModel, AmrsWorldModelConfig
+from amrs_hf.models.world_model.modeling_world_model import HISTORY_SUMMARY
 from amrs_hf.simulation.rollout import DEFAULT_STEP_GAP_HOURS
 from amrs_hf.simulation import (
     EnsemblePredictions,
@@ -37,7 +38,7 @@ def make_model(tokenizer, seed=0, **overrides) -> AmrsWorldModel:
     config = AmrsWorldModelConfig(**{**dict(
         vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
         max_position_embeddings=64, dropout=0.1, initializer_range=0.2, context_vocab=["home"],
-        use_session_inputs=True, pre_state_in_history=True), **overrides})
+        use_session_inputs=True, pre_state_in_history=True, wide_history=True), **overrides})
     model = AmrsWorldModel(config)
     features = torch.zeros(len(tokenizer), config.num_audio_features)
     features[track_token_ids(tokenizer)] = torch.randn(NUM_TRACKS, config.num_audio_features)
@@ -225,7 +226,7 @@ def test_ensemble_mean_and_disagreement_by_hand(ensemble, tracks):
     prefixes = make_prefixes(tracks)
     prefixes["attention_mask"][2, 0] = 1  # every row needs a play for forward's per-play predictions
     encoded = ensemble.listener_states(**{k: v for k, v in prefixes.items() if not k.startswith("pre_")})
-    assert encoded.next_state.shape == (3, 3, 32)
+    assert encoded.next_state.shape == (3, 3, 32 + HISTORY_SUMMARY)  # hidden state, then the history summary
     candidates = tracks[:4]
     step = dict(pre_valence=torch.tensor([0.2, 0.5, float("nan")]), mode_ids=torch.tensor([1, 2, 0]))
     scored = ensemble.score_candidates(encoded.next_state, candidates, **step)
@@ -252,7 +253,7 @@ def test_ensemble_mean_and_disagreement_by_hand(ensemble, tracks):
 
 def test_single_member_has_no_disagreement(tokenizer, tracks):
     model = make_model(tokenizer).eval()
-    states = torch.randn(2, 1, 32)
+    states = torch.randn(2, 1, model.state_size)
     scored = WorldModelEnsemble([model]).score_candidates(states, tracks[:3])
     assert isinstance(scored, EnsemblePredictions)
     assert all((scored.std[name] == 0).all() for name in PREDICTIONS)

@@ -17,6 +17,7 @@ from amrs_hf.data import schema
 from amrs_hf.data.tokenizer import build_track_tokenizer, track_token_ids
 from amrs_hf.models.world_model import AmrsWorldModel, AmrsWorldModelConfig
 from amrs_hf.models.world_model import configuration_world_model as cwm
+from amrs_hf.models.world_model.modeling_world_model import HISTORY_SUMMARY
 
 NUM_TRACKS = 64
 
@@ -32,7 +33,7 @@ def make_model(tokenizer, seed=0, **overrides) -> AmrsWorldModel:
     torch.manual_seed(seed)
     kwargs = dict(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                   intermediate_size=64, max_position_embeddings=64, dropout=0.0, context_vocab=["home", "work"],
-                  use_session_inputs=True, pre_state_in_history=True,
+                  use_session_inputs=True, pre_state_in_history=True, wide_history=True,
                   initializer_range=0.2,  # larger than the default 0.02, so an untrained model's outputs move
                   pad_token_id=tokenizer.pad_token_id, unk_token_id=tokenizer.unk_token_id)
     model = AmrsWorldModel(AmrsWorldModelConfig(**{**kwargs, **overrides}))
@@ -383,15 +384,18 @@ def test_no_history_ablation(tokenizer):
 def test_without_the_optional_inputs_the_model_is_the_old_one(tokenizer):
     """A config without the optional inputs (every checkpoint saved before they existed) builds no weights for them
     and ignores them: its state dict loads into the old architecture and its outputs do not move."""
-    model = make_model(tokenizer, use_session_inputs=False, pre_state_in_history=False)
-    assert not AmrsWorldModelConfig().use_session_inputs and not AmrsWorldModelConfig().pre_state_in_history
-    assert not any(k.startswith(("session_proj", "history_pre_state_proj")) for k in model.state_dict())
+    model = make_model(tokenizer, use_session_inputs=False, pre_state_in_history=False, wide_history=False)
+    default = AmrsWorldModelConfig()
+    assert not (default.use_session_inputs or default.pre_state_in_history or default.wide_history)
+    assert not any(k.startswith(("session_proj", "history_pre_state_proj", "head_wide_history",
+                                 "history_summary_proj")) for k in model.state_dict())
     batch = make_batch(tokenizer, pad=False)
     base = _predict(model, batch)
     edited = {k: v for k, v in batch.items() if k not in ("session_start", "time_gap")}
     torch.testing.assert_close(_predict(model, edited), base, rtol=0, atol=0)
     with_new = make_model(tokenizer)
-    assert {"session_proj.weight", "history_pre_state_proj.weight"} <= set(with_new.state_dict())
+    assert {"session_proj.weight", "history_pre_state_proj.weight", "head_wide_history.weight",
+            "history_summary_proj.weight"} <= set(with_new.state_dict())
 
 
 def test_session_inputs_and_their_masks(tokenizer):
@@ -482,3 +486,45 @@ def test_learns_a_known_pattern(tokenizer):
     baseline = ((train["valence"].mean() - test["valence"]) ** 2).mean()
     assert out.loss < initial - 0.75, (initial, out.loss)  # held-out loss; over seeds 0-5 it fell by 1.3-2.4
     assert mse < 0.35 * baseline, (mse, baseline)  # over seeds 0-5: 0.04-0.23 of the baseline
+
+
+def test_history_summary_by_hand(tokenizer):
+    """With `wide_history` the state before play t ends with the mean of each outcome observed before t, whether any
+    was, and the last valence and arousal reported; padding adds nothing, and the ablations see an empty summary."""
+    model = make_model(tokenizer)
+    batch = make_batch(tokenizer, length=7)
+    states = model.listener_states(**{k: v for k, v in batch.items() if not k.startswith("pre_")}).states
+    summary = states[..., model.config.hidden_size:]
+    assert summary.shape == (3, 7, HISTORY_SUMMARY)
+    outcomes = torch.stack([batch[o] for o in ("engagement", "rating", "valence", "arousal")], dim=-1)
+    outcomes = outcomes.masked_fill(batch["attention_mask"][..., None] == 0, float("nan"))  # padding is not a play
+    assert batch["attention_mask"][1, -2:].eq(0).all() and not batch["valence"][1, -2:].isnan().all()
+    for b in range(3):
+        for t in range(7):
+            past = outcomes[b, :t]
+            seen = ~torch.isnan(past)
+            count = seen.sum(0)
+            mean = torch.where(seen, past, 0.0).sum(0) / count.clamp(min=1)
+            last = [past[seen[:, i], i][-1].item() if count[i] else 0.0 for i in (2, 3)]
+            expected = torch.cat([mean, (count > 0).float(), torch.tensor(last)])
+            torch.testing.assert_close(summary[b, t], expected, rtol=1e-6, atol=1e-6, msg=f"row {b}, play {t}")
+    for ablation in (dict(use_history=False), dict(feed_back_outcomes=False)):
+        states = make_model(tokenizer, **ablation).listener_states(**batch).states
+        assert (states[..., model.config.hidden_size:] == 0).all(), ablation
+
+
+def test_wide_history_reads_the_carried_over_mood_apart(tokenizer):
+    """The head's history inputs end with the pre-state (logit, flags) where the play continues a session (a mood
+    carried over from the track before) and zeros where it opens one or that is unknown, so the two get their own
+    weights; the summary part is the summary's means on the head's scale."""
+    model = make_model(tokenizer)
+    pre = torch.tensor([[0.8, 0.3, 1.0, 1.0]] * 3)
+    summary = torch.tensor([[0.6, 0.5, 0.7, 0.4, 1.0, 1.0, 1.0, 1.0, 0.9, 0.2]] * 3)
+    inputs = model._wide_history_inputs(summary, pre, (3,), torch.tensor([0.0, 1.0, float("nan")]))
+    torch.testing.assert_close(inputs[0, -4:], pre[0])
+    assert (inputs[1:, -4:] == 0).all()
+    logit = torch.logit(torch.tensor([0.7, 0.4, 0.9, 0.2]))
+    torch.testing.assert_close(inputs[0, :6], torch.cat([torch.tensor([0.6, 0.5]), logit]))
+    no_sessions = make_model(tokenizer, use_session_inputs=False)._wide_history_inputs(
+        summary, pre, (3,), torch.zeros(3))
+    assert (no_sessions[:, -4:] == 0).all(), "without session inputs the model cannot tell, so it does not split"

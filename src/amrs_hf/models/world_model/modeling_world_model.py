@@ -17,6 +17,11 @@ the candidate track:
 
     head(state_t + step_t + pre_state_t, candidate track)  ->  engagement, like, valence ~ N(m, v), arousal ~ N(m, v)
 
+With `wide_history` the listener state also ends with a summary of the outcomes read so far (the mean of each
+observed outcome, whether any was, the last valence and arousal reported), which the head reads beside the
+pre-state split by whether the play continues a session (a carried-over mood is not a fresh report); the cache carries
+the running totals, so a rollout's step costs the same.
+
 So a play's track and outcomes reach only later predictions; its step inputs (and, with `pre_state_in_history`, its
 pre-state) reach its own prediction and later ones; without it, its pre-state reaches only its own. The hidden state after
 the last play (`next_state`) is the state for recommending the next track; `score_candidates` scores any number of
@@ -43,6 +48,13 @@ from .configuration_world_model import OUTCOME_NAMES, AmrsWorldModelConfig
 # Raw head outputs, in order: engagement logit, like logit, valence mean logit, valence variance logit, arousal ...
 _NUM_HEAD_OUTPUTS = 6
 MAX_VARIANCE = 0.25  # the largest variance a value in [0, 1] can have
+# `wide_history`: running totals per listener (sums and counts of the four outcomes, the last valence and arousal
+# reported after a play), and the summary of them that ends the listener state (means, observed flags, last reports).
+HISTORY_TOTALS = 2 * len(OUTCOME_NAMES) + 2
+HISTORY_SUMMARY = 2 * len(OUTCOME_NAMES) + 2
+# What the head reads of the summary and the step: logit-scale means and last reports, flags, and the pre-state of a
+# play that continues a session (mood carried over from the track before) apart from one that opens a session.
+_WIDE_HISTORY_INPUTS = HISTORY_SUMMARY + 4
 
 
 class WorldModelCache:
@@ -60,6 +72,7 @@ class WorldModelCache:
         self.key_mask: torch.Tensor | None = None
         self.positions: torch.Tensor | None = None
         self.last_state: torch.Tensor | None = None
+        self.history_totals: torch.Tensor | None = None  # (B, HISTORY_TOTALS) running sums/counts (`wide_history`)
         self.length = 0  # slots used (same for every row)
 
     def get_seq_length(self) -> int:
@@ -79,8 +92,10 @@ class WorldModelCache:
         self.keys[layer_idx], self.values[layer_idx] = past_k, past_v
         return past_k[:, :, :end], past_v[:, :, :end]
 
-    def commit(self, token_mask: torch.Tensor, last_state: torch.Tensor) -> None:
-        """Record the tokens just written by every layer: their mask (B, n) and the new last state."""
+    def commit(self, token_mask: torch.Tensor, last_state: torch.Tensor,
+               history_totals: torch.Tensor | None = None) -> None:
+        """Record the tokens just written by every layer: their mask (B, n), the new last state and, with
+        `wide_history`, the running totals of the outcomes read so far."""
         n = token_mask.shape[1]
         if self.key_mask is None:
             self.key_mask = token_mask.clone()
@@ -91,6 +106,7 @@ class WorldModelCache:
         self.positions = added if self.positions is None else self.positions + added
         self.length += n
         self.last_state = last_state
+        self.history_totals = history_totals
 
     def reserve(self, extra: int) -> "WorldModelCache":
         """Pre-size the buffers for `extra` more tokens, so the next steps grow nothing."""
@@ -109,6 +125,7 @@ class WorldModelCache:
         new.key_mask = None if self.key_mask is None else fn(self.key_mask[:, : self.length])
         new.positions = None if self.positions is None else fn(self.positions)
         new.last_state = None if self.last_state is None else fn(self.last_state)
+        new.history_totals = None if self.history_totals is None else fn(self.history_totals)
         new.length = self.length
         return new
 
@@ -121,6 +138,11 @@ class WorldModelCache:
 
     def select(self, index: torch.Tensor) -> "WorldModelCache":
         return self._map(lambda t: t.index_select(0, index))
+
+
+def _logit(values: torch.Tensor) -> torch.Tensor:
+    """Logits of values in [0, 1], clamped away from 0 and 1 (the scale of the head's outputs)."""
+    return torch.logit(values.clamp(0.02, 0.98))
 
 
 def _fit(t: torch.Tensor, size: int, dim: int = 2, exact: bool = False) -> torch.Tensor:
@@ -263,6 +285,9 @@ class AmrsWorldModel(PreTrainedModel):
         # reaches them only through several small-initialised layers); the transformer and MLP add the rest.
         self.head_wide_state = nn.Linear(4, _NUM_HEAD_OUTPUTS)
         self.head_wide_track = nn.Linear(num_features, _NUM_HEAD_OUTPUTS, bias=False)
+        if config.wide_history:  # running statistics of the history and the carried-over pre-state, to both paths
+            self.head_wide_history = nn.Linear(_WIDE_HISTORY_INPUTS, _NUM_HEAD_OUTPUTS, bias=False)
+            self.history_summary_proj = nn.Linear(_WIDE_HISTORY_INPUTS, hidden)
         self.head_dropout = nn.Dropout(config.dropout)
         self.gradient_checkpointing = False
         self.post_init()
@@ -284,6 +309,11 @@ class AmrsWorldModel(PreTrainedModel):
             init.zeros_(module.track_features)
             init.zeros_(module.feature_mean)
             init.ones_(module.feature_std)
+
+    @property
+    def state_size(self) -> int:
+        """Width of a listener state: the transformer's hidden size, plus the history summary with `wide_history`."""
+        return self.config.hidden_size + (HISTORY_SUMMARY if self.config.wide_history else 0)
 
     def get_input_embeddings(self):
         return self.track_embedding
@@ -381,6 +411,8 @@ class AmrsWorldModel(PreTrainedModel):
         if not self.config.use_history:  # ablation: one state for every step, the start token's
             state = self._run(self.start_state.expand(batch, 1, -1), torch.ones(batch, 1, 1, 1, dtype=torch.bool,
                                                                                  device=mask.device), None)[:, 0]
+            if self.config.wide_history:  # nothing of the history: an empty summary
+                state = torch.cat([state, state.new_zeros(batch, HISTORY_SUMMARY)], dim=-1)
             if use_cache:
                 cache = cache if cache is not None else WorldModelCache(self.config.num_hidden_layers)
                 cache.last_state = state
@@ -393,9 +425,9 @@ class AmrsWorldModel(PreTrainedModel):
         if self.config.pre_state_in_history:
             plays = plays + self.history_pre_state_proj(self.pre_state_inputs(
                 (batch, length), pre_valence, pre_arousal, pre_valence_mask, pre_arousal_mask))
+        observed = [self._observed(v, m, (batch, length)) for v, m in (
+            (engagement, engagement_mask), (rating, rating_mask), (valence, valence_mask), (arousal, arousal_mask))]
         if self.config.feed_back_outcomes:
-            observed = [self._observed(v, m, (batch, length)) for v, m in (
-                (engagement, engagement_mask), (rating, rating_mask), (valence, valence_mask), (arousal, arousal_mask))]
             values = [v for v, _ in observed] + [m.to(plays.dtype) for _, m in observed]
             plays = plays + self.outcome_proj(torch.stack(values, dim=-1))
         if cache is None:  # the reference path: the start token, then every play
@@ -418,15 +450,48 @@ class AmrsWorldModel(PreTrainedModel):
             cache = WorldModelCache(self.config.num_hidden_layers)
         hidden = self._run(self.embedding_dropout(hidden), attn_mask, cache if use_cache else None)
 
+        totals = None
+        if self.config.wide_history:  # the state ends with the summary of the outcomes read up to that token
+            values = torch.stack([v for v, _ in observed], dim=-1)
+            seen = torch.stack([m for _, m in observed], dim=-1) & mask[..., None] & self.config.feed_back_outcomes
+            totals = self._history_totals(values, seen, None if cache is None else cache.history_totals)
+            if past_mask is None:  # the start token has read nothing
+                totals = torch.cat([totals.new_zeros(batch, 1, HISTORY_TOTALS), totals], dim=1)
+            hidden = torch.cat([hidden, self._history_summary(totals)], dim=-1)
         rows, real = torch.arange(batch, device=mask.device), mask.sum(1)
         if past_mask is None:  # token t is the state before play t; token `real` follows the last real play
             states, next_state = hidden[:, :-1], hidden[rows, real]
         else:
             states = torch.cat([cache.last_state[:, None], hidden[:, :-1]], dim=1)
             next_state = torch.where((real > 0)[:, None], hidden[rows, (real - 1).clamp(min=0)], cache.last_state)
-        if use_cache:
-            cache.commit(token_mask, next_state)
+        if use_cache:  # padding adds nothing to the totals, so the last token's are the rows' own
+            cache.commit(token_mask, next_state, None if totals is None else totals[:, -1])
         return WorldModelStates(states=states, next_state=next_state, cache=cache if use_cache else None)
+
+    @staticmethod
+    def _history_totals(values, seen, initial=None):
+        """Running totals (B, n, HISTORY_TOTALS) after each of n plays, continuing `initial` (B, HISTORY_TOTALS):
+        the sums and counts of the observed outcomes (B, n, 4), then the last valence and arousal observed."""
+        weight = seen.to(values.dtype)
+        sums, counts = torch.cumsum(values * weight, dim=1), torch.cumsum(weight, dim=1)
+        steps = torch.arange(values.shape[1], device=values.device)[None, :, None].expand_as(seen[..., 2:])
+        last_index = torch.where(seen[..., 2:], steps, -1).cummax(dim=1).values
+        last = values[..., 2:].gather(1, last_index.clamp(min=0))
+        if initial is None:
+            last = torch.where(last_index >= 0, last, 0.0)
+        else:
+            n = len(OUTCOME_NAMES)
+            sums, counts = sums + initial[:, None, :n], counts + initial[:, None, n : 2 * n]
+            last = torch.where(last_index >= 0, last, initial[:, None, 2 * n :])
+        return torch.cat([sums, counts, last], dim=-1)
+
+    @staticmethod
+    def _history_summary(totals):
+        """(..., HISTORY_SUMMARY) from running totals: the mean of each outcome observed so far, whether any was,
+        and the last valence and arousal reported (0 where none)."""
+        n = len(OUTCOME_NAMES)
+        sums, counts, last = totals[..., :n], totals[..., n : 2 * n], totals[..., 2 * n :]
+        return torch.cat([sums / counts.clamp(min=1.0), (counts > 0).to(totals.dtype), last], dim=-1)
 
     def _run(self, hidden, attn_mask, cache):
         for layer in self.layers:
@@ -443,6 +508,9 @@ class AmrsWorldModel(PreTrainedModel):
         `states` (B, H) (e.g. `next_state`); `candidate_ids` (N,) shared or (B, N) per listener, with optional
         normalised `candidate_features` (N, F) / (B, N, F) for tracks outside the vocabulary (id <unk>); step inputs
         (pre-state, mode, cohort, context, session start, time gap) are (B,). Returns (B, N) predictions."""
+        if states.shape[-1] != self.state_size:
+            raise ValueError(f"states must be (B, {self.state_size}) listener states (`listener_states(...).next_state`)"
+                             f", got {tuple(states.shape)}")
         batch = states.shape[0]
         listener, listener_wide = self._listener(states, (batch,), pre_valence, pre_arousal, pre_valence_mask,
                                                  pre_arousal_mask, mode_ids, cohort_ids, context_ids, session_start,
@@ -461,8 +529,29 @@ class AmrsWorldModel(PreTrainedModel):
                                 session_start_mask, time_gap_mask) + self.pre_state_proj(pre_state)
         # The wide part reads the pre-state as logits, the scale of the head's outputs (post = sigmoid(a·logit(pre) + …)).
         values, flags = pre_state[..., :2], pre_state[..., 2:]
-        wide_input = torch.cat([torch.logit(values.clamp(0.02, 0.98)) * flags, flags], dim=-1)
-        return self.head_listener(self.head_norm(states + known)), self.head_wide_state(wide_input)
+        wide_pre = torch.cat([_logit(values) * flags, flags], dim=-1)
+        wide = self.head_wide_state(wide_pre)
+        if self.config.wide_history:
+            states, summary = states[..., : self.config.hidden_size], states[..., self.config.hidden_size :]
+            history = self._wide_history_inputs(summary, wide_pre, shape, session_start, session_start_mask)
+            wide = wide + self.head_wide_history(history)
+            known = known + self.history_summary_proj(history)
+        return self.head_listener(self.head_norm(states + known)), wide
+
+    def _wide_history_inputs(self, summary, wide_pre, shape, session_start=None, session_start_mask=None):
+        """(..., _WIDE_HISTORY_INPUTS): the history summary on the head's scale (engagement and like means, logits
+        of the valence/arousal means and last reports, each zero where nothing was observed, the observed flags),
+        then the logit pre-state and its flags again where the play continues a session (session start known and 0:
+        the mood carried over from the track before, which relates to the outcome unlike a fresh report does)."""
+        means, flags, last = summary[..., :4], summary[..., 4:8], summary[..., 8:]
+        affect_flags = flags[..., 2:]
+        parts = [means[..., :2] * flags[..., :2], _logit(means[..., 2:]) * affect_flags, _logit(last) * affect_flags,
+                 flags]
+        continuing = torch.zeros(shape, dtype=summary.dtype, device=summary.device)
+        if self.config.use_session_inputs:
+            start, known = self._observed(session_start, session_start_mask, shape)
+            continuing = (known & (start == 0)).to(summary.dtype)
+        return torch.cat([*parts, wide_pre * continuing[..., None]], dim=-1)
 
     def _candidate(self, track_ids, audio_features):
         """The candidate's side of the head: (deep part (..., H), wide part (..., outputs))."""

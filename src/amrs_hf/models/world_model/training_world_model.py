@@ -85,6 +85,12 @@ class WorldModelArguments:
     pre_state_in_history: bool = field(
         default=True, metadata={"help": "Feed each past play's pre-listening valence/arousal into its history token."}
     )
+    wide_history: bool = field(
+        default=True,
+        metadata={"help": "The head also reads running means of the listener's past outcomes, the last reported "
+                          "valence/arousal, and the pre-state of a play that continues a session apart from a fresh "
+                          "one."},
+    )
     play_count_feature: bool = field(
         default=False,
         metadata={"help": "Add log(1 + plays in the training log) to each track's features (popularity, a proxy of "
