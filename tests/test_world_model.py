@@ -108,6 +108,8 @@ def test_names_are_load_bearing():
     (dict(min_variance=0.3), "min_variance"),
     (dict(use_history="yes"), "use_history"),
     (dict(use_session_inputs=1), "use_session_inputs"),
+    (dict(wide_history="yes"), "wide_history"),
+    (dict(nll_beta=1.5), "nll_beta"),
     (dict(pre_state_in_history="no"), "pre_state_in_history"),
     (dict(modes=["calm", "calm"]), "modes"),
     (dict(audio_features=[]), "audio_features"),
@@ -309,6 +311,19 @@ def test_loss_is_weighted_masked_mean(tokenizer):
     torch.testing.assert_close(out.valence_loss, nll)
     assert model(track_ids=batch["track_ids"]).loss is None
     assert ((out.valence_var > 0) & (out.valence_var <= 0.25)).all()
+
+
+def test_beta_nll_weights_each_play_by_its_variance(tokenizer):
+    plain, beta = make_model(tokenizer), make_model(tokenizer, nll_beta=0.5)
+    batch = make_batch(tokenizer)
+    out = beta(**batch)
+    observed = ~torch.isnan(batch["arousal"]) & batch["attention_mask"].bool()
+    mean, var, y = out.arousal_mean[observed], out.arousal_var[observed], batch["arousal"][observed]
+    per_play = torch.nn.functional.gaussian_nll_loss(mean, y, var, full=True, eps=0, reduction="none")
+    torch.testing.assert_close(out.arousal_loss, (per_play * var.sqrt()).mean())
+    torch.testing.assert_close(plain(**batch).arousal_loss, per_play.mean())  # same weights, plain NLL
+    (mean_grad,) = torch.autograd.grad(out.arousal_loss, out.arousal_mean)
+    torch.testing.assert_close(mean_grad[observed], -(y - mean) / var * var.sqrt() / observed.sum())
 
 
 # ---- scoring, cache, ablations, cold start ----

@@ -3,9 +3,9 @@
     amrs evaluate-world-model --config recipes/situnes/world_model/config_eval.yaml --output_dir outputs/wm_eval
 
 For each of `num_splits` seeded user-disjoint splits: train the world model and its two ablations (no history; no
-fed-back outcomes) on the training listeners (selecting on the validation listeners), fit the history-free
-baselines (global mean, per-track mean, feature-only scikit-learn models), and score every play of the held-out
-listeners. Writes `fidelity.json` (per split and mean ± std), `fidelity.md` (the table, beside the AMRS paper's
+fed-back outcomes), each an ensemble of `ensemble_size` members combined as `combine_members` does, on the training
+listeners (selecting on the validation listeners), fit the history-free baselines (global mean, per-track mean,
+feature-only scikit-learn models), and score every play of the held-out listeners. Writes `fidelity.json` (per split and mean ± std), `fidelity.md` (the table, beside the AMRS paper's
 figures) and `calibration.png` into the output folder.
 """
 
@@ -28,7 +28,7 @@ from amrs_hf.data.splits import cold_start_splits
 from amrs_hf.data.tokenizer import build_track_tokenizer
 from amrs_hf.evaluation.baselines import BASELINES
 from amrs_hf.evaluation.fidelity import aggregate, calibration_plot, markdown_table, split_metrics
-from amrs_hf.models.world_model.processing_world_model import predict_plays
+from amrs_hf.models.world_model.processing_world_model import combine_members, predict_plays
 from amrs_hf.models.world_model.training_world_model import (
     DataArguments,
     WorldModelArguments,
@@ -73,19 +73,23 @@ def main(argv=None) -> int:
     splits = cold_start_splits(log, eval_args.num_splits, data_args.split_fractions, seed=data_args.split_seed)
 
     per_split, pooled = [], {}
-    progress = tqdm(total=len(splits) * len(eval_args.variants), desc="world models trained", unit="model")
+    size = training_args.ensemble_size
+    progress = tqdm(total=len(splits) * len(eval_args.variants) * size, desc="world models trained", unit="model")
     for index, split in enumerate(splits):
         test = split["test"]
         observed = {o: np.asarray(test.plays[o], dtype=float) for o in OUTCOMES}
         predictions = {}
         for name in eval_args.variants:
-            with tempfile.TemporaryDirectory() as checkpoints:
-                args = dataclasses.replace(training_args, output_dir=checkpoints, disable_tqdm=True,
-                                           seed=training_args.seed + index)
-                variant_args = dataclasses.replace(model_args, **VARIANTS[name])
-                model, _ = train_world_model(split, log, data_args, variant_args, args, tokenizer=tokenizer)
-            predictions[name] = predict_plays(model, test, tokenizer, max_length=data_args.max_history)
-            progress.update()
+            members = []
+            for member in range(size):  # an ensemble is scored as the pipeline uses it: its members combined
+                with tempfile.TemporaryDirectory() as checkpoints:
+                    args = dataclasses.replace(training_args, output_dir=checkpoints, disable_tqdm=True,
+                                               seed=training_args.seed + index * size + member)
+                    variant_args = dataclasses.replace(model_args, **VARIANTS[name])
+                    model, _ = train_world_model(split, log, data_args, variant_args, args, tokenizer=tokenizer)
+                members.append(predict_plays(model, test, tokenizer, max_length=data_args.max_history))
+                progress.update()
+            predictions[name] = members[0] if size == 1 else combine_members(members)
         for name in eval_args.baselines:
             predictions[name] = BASELINES[name]().fit(split["train"]).predict(test)
         per_split.append(split_metrics(observed, predictions, data_args.engagement_threshold))

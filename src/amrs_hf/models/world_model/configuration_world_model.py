@@ -70,6 +70,8 @@ class AmrsWorldModelConfig(PreTrainedConfig):
     #                             pre-state split by whether the play continues a session (see AmrsWorldModel)
     # --- heads and losses ---
     outcome_loss_weights: dict[str, float] | None = None  # outcome -> weight in the loss; None -> 1.0 each
+    nll_beta: float = 0.0  # β-NLL (Seitzer et al., 2022): each play's Gaussian NLL weighted by its predicted variance
+    #                        ** β (no gradient through the weight); 0 is the plain NLL, 1 fits the mean like MSE
     min_variance: float = 1e-4  # floor of predicted valence/arousal variances (the ceiling is 0.25, a [0,1] value's)
     tie_word_embeddings: bool = False  # nothing is tied; declared because transformers 5 reads it
 
@@ -150,6 +152,8 @@ class AmrsWorldModelConfig(PreTrainedConfig):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not value > 0:
                 raise ValueError(f"{name} must be > 0, got {value!r}")
+        if isinstance(self.nll_beta, bool) or not isinstance(self.nll_beta, (int, float)) or not 0 <= self.nll_beta <= 1:
+            raise ValueError(f"nll_beta must be in [0, 1], got {self.nll_beta!r}")
         if not isinstance(self.min_variance, (int, float)) or not 0.0 < self.min_variance < 0.25:
             raise ValueError(f"min_variance must be in (0, 0.25), got {self.min_variance!r}")
         for name in ("use_history", "feed_back_outcomes", "use_session_inputs", "pre_state_in_history",

@@ -611,6 +611,8 @@ class AmrsWorldModel(PreTrainedModel):
                 else:
                     mean, var = predictions[f"{name}_mean"], predictions[f"{name}_var"]
                     per_play = 0.5 * (math.log(2 * math.pi) + torch.log(var) + (value - mean) ** 2 / var)
+                    if self.config.nll_beta:  # β-NLL: low-variance plays no longer dominate the mean's fit
+                        per_play = per_play * var.detach() ** self.config.nll_beta
                 losses[name] = torch.where(observed, per_play, 0.0).sum() / observed.sum().clamp(min=1)
             weights = self.config.outcome_loss_weights
             losses["total"] = sum(weights[name] * losses[name] for name in OUTCOME_NAMES)

@@ -96,6 +96,9 @@ class WorldModelArguments:
         metadata={"help": "Add log(1 + plays in the training log) to each track's features (popularity, a proxy of "
                           "quality the ID embedding of a rarely played track cannot learn)."},
     )
+    nll_beta: float = field(
+        default=0.0, metadata={"help": "β of the β-NLL valence/arousal loss: 0 plain Gaussian NLL, 1 MSE-like."}
+    )
     outcome_loss_weights: Union[dict, str, None] = field(
         default=None, metadata={"help": "Outcome -> loss weight, e.g. {\"valence\": 2.0} (JSON on the CLI)."}
     )
