@@ -119,6 +119,32 @@ def _fmt(entry: dict | None) -> str:
     return f"{entry['mean']:.3f} [{low:.3f}, {high:.3f}]"
 
 
+_FIDELITY_COLUMNS = {"n": "plays", "r2": "R²", "pearson_r": "Pearson r", "mae": "MAE", "coverage90": "90% coverage",
+                     "auc": "AUC", "ece": "calibration error", "listened_auc": "listened-through AUC"}
+
+
+def _world_model_lines(wm: dict) -> list[str]:
+    """The world model's fidelity as a table (outcome x metric); other entries (e.g. ensemble size) as lines."""
+    lines = [f"- {key}: {value}" for key, value in wm.items() if not isinstance(value, dict)]
+    for part, outcomes in wm.items():
+        if not isinstance(outcomes, dict):
+            continue
+        columns = [c for c in _FIDELITY_COLUMNS if any(c in m for m in outcomes.values() if isinstance(m, dict))]
+        lines += ["", f"{part} listeners:" if part in ("test", "valid", "train") else f"{part}:", "",
+                  "| outcome | " + " | ".join(_FIDELITY_COLUMNS[c] for c in columns) + " |",
+                  "|---|" + "---|" * len(columns)]
+        for outcome, values in outcomes.items():
+            cells = [_number(values.get(c)) if isinstance(values, dict) else "-" for c in columns]
+            lines.append(f"| {outcome} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _number(value) -> str:
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+        return "-"
+    return str(value) if isinstance(value, int) else f"{value:.3f}"
+
+
 def render_markdown(metrics: dict, plots: dict) -> str:
     policies = metrics["policies"]
     lines = ["# amrs pipeline report", ""]
@@ -127,7 +153,7 @@ def render_markdown(metrics: dict, plots: dict) -> str:
         lines += ["## Data", "", "| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in data.items()] + [""]
     wm = metrics.get("world_model", {})
     if wm:
-        lines += ["## World model (held-out listeners)", "", "```json", json.dumps(wm, indent=1)[:3000], "```", ""]
+        lines += ["## World model (held-out listeners)", "", *_world_model_lines(wm), ""]
     lines += ["## Policies (world-model rollouts from held-out prefixes)", "",
               "Mean over prefixes with 95% intervals.", "",
               "| policy | engagement | like | valence | arousal | utility | utility gain vs bc | KL to bc |",
