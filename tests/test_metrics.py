@@ -4,7 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from amrs_hf.evaluation.baselines import FeatureOnly, GlobalMean, TrackMean
+from amrs_hf.data.features import HISTORY_FEATURES, history_features
+from amrs_hf.evaluation.baselines import FeatureHistory, FeatureOnly, GlobalMean, TrackMean
 from amrs_hf.evaluation.metrics import (
     binary_metrics,
     expected_calibration_error,
@@ -87,3 +88,57 @@ def test_baselines_recover_what_they_can():
             assert like_auc == 1.0  # per-track like rate separates even from odd tracks exactly
     assert r2["global_mean"] < 0.0 + 0.05
     assert r2["feature_only"] > 0.95 and r2["track_mean"] > 0.9
+
+
+def test_history_features_summarise_earlier_plays_in_listening_order():
+    # listener a: session s2 (t=50) comes before s1 (t=100, 200) although it is listed last; b has one play
+    plays = pd.DataFrame([
+        {"user_id": "a", "session_id": "s1", "position": 0, "timestamp": 100.0, "track_id": "0",
+         "valence": 0.2, "arousal": None, "rating": 1, "engagement": 1.0},
+        {"user_id": "a", "session_id": "s1", "position": 1, "timestamp": 200.0, "track_id": "1",
+         "valence": 0.8, "arousal": 0.4, "rating": 0, "engagement": 0.5},
+        {"user_id": "b", "session_id": "s3", "position": 0, "timestamp": 10.0, "track_id": "1",
+         "valence": 0.9, "arousal": 0.9, "rating": 1, "engagement": 1.0},
+        {"user_id": "a", "session_id": "s2", "position": 0, "timestamp": 50.0, "track_id": "1",
+         "valence": 0.6, "arousal": 0.7, "rating": None, "engagement": 0.0},
+    ])
+    log = build_log(plays, pd.DataFrame({"track_id": ["0", "1"], "energy": [0.1, 0.9]}), source="test")
+    rows = {(u, s, p): i for i, (u, s, p) in enumerate(zip(log.plays["user_id"], log.plays["session_id"],
+                                                          log.plays["position"]))}
+    x = pd.DataFrame(history_features(log), columns=HISTORY_FEATURES)
+    first_s2, first_s1, second_s1 = (x.iloc[rows[k]] for k in (("a", "s2", 0), ("a", "s1", 0), ("a", "s1", 1)))
+    neutral = dict.fromkeys(HISTORY_FEATURES, 0.5) | {c: 0.0 for c in HISTORY_FEATURES if "seen" in c}
+    neutral |= {"log_past_plays": 0.0, "continues_session": 0.0}
+    assert first_s2.to_dict() == pytest.approx(neutral)
+    assert x.iloc[rows[("b", "s3", 0)]].to_dict() == pytest.approx(neutral)  # b's history is b's alone
+    # a's first s1 play follows s2 (a new session): s2's outcomes, no like seen yet
+    assert first_s1.to_dict() == pytest.approx(neutral | {
+        "past_mean_engagement": 0.0, "past_seen_engagement": 1.0, "past_mean_valence": 0.6, "past_seen_valence": 1.0,
+        "past_mean_arousal": 0.7, "past_seen_arousal": 1.0, "last_valence": 0.6, "last_arousal": 0.7,
+        "log_past_plays": np.log(2)})
+    # the second s1 play continues s1: means over both earlier plays, the last arousal still s2's (s1's is missing)
+    assert second_s1.to_dict() == pytest.approx({
+        "past_mean_engagement": 0.5, "past_seen_engagement": 1.0, "past_mean_rating": 1.0, "past_seen_rating": 1.0,
+        "past_mean_valence": 0.4, "past_seen_valence": 1.0, "past_mean_arousal": 0.7, "past_seen_arousal": 1.0,
+        "last_valence": 0.2, "last_arousal": 0.7, "log_past_plays": np.log(3), "continues_session": 1.0,
+        "previous_valence": 0.2, "previous_arousal": 0.5})
+
+
+def test_feature_history_uses_the_listeners_own_past():
+    """valence = the listener's own level + noise: only the history can tell listeners apart."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for u in range(60):
+        level = rng.uniform(0.2, 0.8)
+        for p in range(12):
+            rows.append({"user_id": f"u{u}", "session_id": f"u{u}s{p}", "position": 0, "timestamp": float(p),
+                         "track_id": str(int(rng.integers(5))), "valence": level + rng.normal(0, 0.03),
+                         "engagement": 1.0})
+    log = build_log(pd.DataFrame(rows), pd.DataFrame({"track_id": [str(i) for i in range(5)],
+                                                      "energy": np.linspace(0, 1, 5)}), source="test")
+    train, test = log.select_users([f"u{i}" for i in range(40)]), log.select_users([f"u{i}" for i in range(40, 60)])
+    y = np.array(test.plays["valence"], dtype=float)
+    later = np.array(test.plays["timestamp"]) >= 3  # once a few reports are in
+    r2 = {b.name: regression_metrics(y[later], b.fit(train).predict(test)["valence"][0][later], None)["r2"]
+          for b in (FeatureOnly(), FeatureHistory())}
+    assert r2["feature_only"] < 0.1 and r2["feature_history"] > 0.8, r2

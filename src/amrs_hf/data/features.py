@@ -11,7 +11,7 @@ import dataclasses
 import numpy as np
 import pandas as pd
 
-from .schema import AUDIO_FEATURES, COHORTS, MODES, STATE_COLUMNS, ListeningLog
+from .schema import AUDIO_FEATURES, COHORTS, MODES, OUTCOMES, STATE_COLUMNS, ListeningLog
 
 
 @dataclasses.dataclass
@@ -61,3 +61,44 @@ def context_free_features(log: ListeningLog, scaler: AudioFeatureScaler | None =
     missing = np.isnan(state)
     onehots = [(plays["mode"].to_numpy() == m) for m in MODES] + [(plays["cohort"].to_numpy() == c) for c in COHORTS]
     return np.column_stack([audio, np.where(missing, 0.5, state), missing, *onehots]).astype(np.float32)
+
+
+# Columns of `history_features`, in order.
+HISTORY_FEATURES = (
+    *(f"{kind}_{o}" for o in OUTCOMES for kind in ("past_mean", "past_seen")),
+    "last_valence", "last_arousal", "log_past_plays", "continues_session", "previous_valence", "previous_arousal",
+)
+LISTENING_ORDER = ["user_id", "timestamp", "session_id", "position"]
+
+
+def history_features(log: ListeningLog, neutral: float = 0.5) -> np.ndarray:
+    """Per play, a summary of the same listener's earlier plays, row-aligned with `log.plays` (columns
+    `HISTORY_FEATURES`): the mean of each outcome observed so far and whether any was, the last valence and arousal
+    reported, log(1 + earlier plays), whether the play continues the previous play's session, and that play's
+    reported valence and arousal when it does. Missing values are `neutral`. Listening order is the world model's
+    (timestamp, then session and position; unknown timestamps first); nothing of the play itself is used, so a
+    held-out listener's features are what a deployed model would know before the track."""
+    plays = log.plays_frame()
+    plays["row"] = np.arange(len(plays))
+    order = plays.sort_values(LISTENING_ORDER, kind="stable", na_position="first").reset_index(drop=True)
+    user = order["user_id"]
+    columns = []
+    for outcome in OUTCOMES:
+        values = order[outcome].astype(float)
+        seen = values.notna().astype(float)
+        total = values.fillna(0.0).groupby(user).cumsum() - values.fillna(0.0)
+        count = seen.groupby(user).cumsum() - seen
+        columns += [(total / count.where(count > 0)).fillna(neutral), (count > 0).astype(float)]
+    for outcome in ("valence", "arousal"):
+        earlier = order[outcome].astype(float).groupby(user).shift()
+        columns.append(earlier.groupby(user).ffill().fillna(neutral))
+    columns.append(np.log1p(order.groupby("user_id").cumcount()))
+    same_user = user.eq(user.shift())
+    continues = same_user & order["session_id"].eq(order["session_id"].shift())
+    columns.append(continues.astype(float))
+    for outcome in ("valence", "arousal"):
+        columns.append(order[outcome].astype(float).shift().where(continues).fillna(neutral))
+    summary = np.column_stack(columns).astype(np.float32)
+    aligned = np.empty_like(summary)
+    aligned[order["row"].to_numpy()] = summary
+    return aligned

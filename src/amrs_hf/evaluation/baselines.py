@@ -7,6 +7,9 @@ test log, each outcome as (mean, variance); `rating` is a like probability with 
 - `FeatureOnly`: scikit-learn models on the same per-play features the world model sees at the step itself (track
   audio features, pre-listening state, mode, cohort) but no history: ridge regression for valence, arousal and
   engagement, logistic regression for like.
+- `FeatureHistory`: the same models, given also a summary of the listener's earlier plays (`history_features`: past
+  means of each outcome, the last reports, whether the play continues a session and the mood reported just before).
+  What a linear model makes of the history the world model reads: the bar the world model's history has to clear.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from amrs_hf.data.features import context_free_features
+from amrs_hf.data.features import context_free_features, history_features
 from amrs_hf.data.schema import OUTCOMES, ListeningLog
 
 REGRESSED = ("engagement", "valence", "arousal")
@@ -77,9 +80,12 @@ class FeatureOnly(GlobalMean):
     def __init__(self, alpha: float = 1.0, C: float = 1.0):
         self.alpha, self.C = alpha, C
 
+    def features(self, log: ListeningLog) -> np.ndarray:
+        return context_free_features(log)
+
     def fit(self, train: ListeningLog) -> "FeatureOnly":
         super().fit(train)
-        x, frame = context_free_features(train), _outcomes(train)
+        x, frame = self.features(train), _outcomes(train)
         self.models, self.residual_var = {}, {}
         for o in OUTCOMES:
             y = frame[o].to_numpy()
@@ -96,7 +102,7 @@ class FeatureOnly(GlobalMean):
 
     def predict(self, test: ListeningLog) -> dict:
         fallback = super().predict(test)
-        x = context_free_features(test)
+        x = self.features(test)
         out = {}
         for o in OUTCOMES:
             if o not in self.models:
@@ -109,4 +115,11 @@ class FeatureOnly(GlobalMean):
         return out
 
 
-BASELINES = {cls.name: cls for cls in (GlobalMean, TrackMean, FeatureOnly)}
+class FeatureHistory(FeatureOnly):
+    name = "feature_history"
+
+    def features(self, log: ListeningLog) -> np.ndarray:
+        return np.column_stack([context_free_features(log), history_features(log)])
+
+
+BASELINES = {cls.name: cls for cls in (GlobalMean, TrackMean, FeatureOnly, FeatureHistory)}
