@@ -4,9 +4,10 @@
 
 For each of `num_splits` seeded user-disjoint splits: train the world model and its two ablations (no history; no
 fed-back outcomes), each an ensemble of `ensemble_size` members combined as `combine_members` does, on the training
-listeners (selecting on the validation listeners), fit the history-free baselines (global mean, per-track mean,
-feature-only scikit-learn models), and score every play of the held-out listeners. Writes `fidelity.json` (per split and mean ± std), `fidelity.md` (the table, beside the AMRS paper's
-figures) and `calibration.png` into the output folder.
+listeners (selecting on the validation listeners), fit the baselines (global mean, per-track mean, feature-only
+scikit-learn models, and the same models given a summary of the listener's earlier plays, `feature_history`), and
+score every play of the held-out listeners. Writes `fidelity.json` (per split and mean ± std), `fidelity.md` (the
+table, beside the AMRS paper's figures) and `calibration.png` into the output folder.
 """
 
 from __future__ import annotations
