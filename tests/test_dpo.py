@@ -2,6 +2,8 @@
 reference's; the result reloads; LoRA trains and merges; completions without a leading space are fixed, bad pairs
 are refused naming row and column."""
 
+import math
+
 import datasets
 import pytest
 import torch
@@ -10,7 +12,7 @@ from transformers import AutoModelForCausalLM
 from amrs_hf.cli import main as amrs
 from amrs_hf.data.tokenizer import build_track_tokenizer
 from amrs_hf.models.policy import AmrsPolicyConfig, AmrsPolicyForCausalLM, completion_log_probs
-from amrs_hf.models.policy.dpo import AmrsDPOConfig, prepare_preferences, run_dpo
+from amrs_hf.models.policy.dpo import AmrsDPOConfig, build_dpo_trainer, prepare_preferences, run_dpo
 
 NUM_TRACKS = 64
 
@@ -82,16 +84,56 @@ def test_bad_pairs_are_named(tokenizer, change, message):
 @pytest.mark.parametrize("checkpointing", [False, True])  # TRL's own default turns it on
 def test_dpo_raises_the_margin_and_reloads(tokenizer, tmp_path, checkpointing):
     policy = make_policy(tokenizer)
-    reference = make_policy(tokenizer)  # same seed: an identical copy
-    before = margins(reference, tokenizer, PAIRS)
+    before = margins(make_policy(tokenizer), tokenizer, PAIRS)  # same seed: the untrained policy's margins
     trained = run_dpo(dpo_config(tmp_path, activation_checkpointing=checkpointing), policy=policy, tokenizer=tokenizer,
                       train_dataset=datasets.Dataset.from_dict(PAIRS))
     after = margins(trained, tokenizer, PAIRS)
     assert (after - before).min() > 1.0, (before, after)  # every pair (it gave 2.7-5.1); learning happened
-    torch.testing.assert_close(margins(reference, tokenizer, PAIRS), before)  # the reference copy stayed put
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "dpo")
     assert type(reloaded) is AmrsPolicyForCausalLM and (tmp_path / "dpo" / "train_config.json").exists()
     torch.testing.assert_close(margins(reloaded, tokenizer, PAIRS), after, rtol=0, atol=0)
+
+
+def train_against_reference(tokenizer, tmp_path, beta, epochs=40):
+    """DPO from an identical copy of the reference (dropout 0, so the two agree exactly before the first step)."""
+    reference = make_policy(tokenizer)
+    trainer = build_dpo_trainer(dpo_config(tmp_path, beta=beta, num_train_epochs=epochs, logging_steps=1),
+                                policy=make_policy(tokenizer), tokenizer=tokenizer, reference=reference,
+                                train_dataset=datasets.Dataset.from_dict(PAIRS))
+    frozen = {k: v.clone() for k, v in trainer.ref_model.state_dict().items()}
+    trainer.train()
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    return trainer, reference, frozen, losses
+
+
+def log_ratio_size(model, reference, tokenizer):
+    """Mean |log p(y|x) - log p_ref(y|x)| over the pairs' chosen and rejected completions."""
+    return torch.cat([completion_log_probs(model, tokenizer, PAIRS["prompt"], PAIRS[c])
+                      - completion_log_probs(reference, tokenizer, PAIRS["prompt"], PAIRS[c])
+                      for c in ("chosen", "rejected")]).abs().mean().item()
+
+
+def test_dpo_loss_leaves_ln2_and_the_reference_stays_frozen(tokenizer, tmp_path):
+    trainer, reference, frozen, losses = train_against_reference(tokenizer, tmp_path, beta=0.5)
+    # policy == reference at the first step: every implicit reward is 0 and the loss is exactly -log sigmoid(0)
+    assert losses[0] == pytest.approx(math.log(2), abs=1e-4)
+    assert losses[-1] < 0.05, losses  # a separable fixture: the pairs end up cleanly ordered (it gave 0.006)
+    ref = trainer.ref_model
+    assert ref is not trainer.model and ref is not reference and not any(p.requires_grad for p in ref.parameters())
+    after = ref.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in frozen.items())  # not one reference weight moved
+    assert all(torch.equal(a, b) for a, b in zip(reference.state_dict().values(), frozen.values()))
+    assert not all(torch.equal(a, b) for a, b in zip(trainer.model.state_dict().values(), frozen.values()))
+
+
+def test_larger_beta_keeps_the_policy_closer_to_the_reference(tokenizer, tmp_path):
+    sizes = {}
+    for beta in (0.1, 2.0):
+        trainer, reference, _, losses = train_against_reference(tokenizer, tmp_path / str(beta), beta=beta)
+        sizes[beta] = log_ratio_size(trainer.model, reference, tokenizer)
+        assert losses[-1] < math.log(2) - 0.2, (beta, losses)  # both learned the pairs
+    # (it gave 4.8 and 2.0): beta prices the distance to the reference, so the stricter one stops nearer to it
+    assert sizes[2.0] < 0.6 * sizes[0.1], sizes
 
 
 def test_dpo_with_lora_from_folders(tokenizer, tmp_path):

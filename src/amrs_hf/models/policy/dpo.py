@@ -116,12 +116,12 @@ def load_preferences(path: str):
     return loaded, None
 
 
-def run_dpo(config: AmrsDPOConfig, policy=None, tokenizer=None, train_dataset=None, eval_dataset=None,
-            reference=None):
-    """Fine-tune `policy` (default: loaded from `config.policy_path`) on the preference pairs `train_dataset`
-    (default: loaded from `config.preferences_path`) against `reference` (default: a frozen copy of the policy as
-    given; iterative DPO passes the cloned policy so every round stays anchored to it); save the result (LoRA
-    merged), its tokenizer and `train_config.json` to `config.output_dir`, and return the trained model."""
+def build_dpo_trainer(config: AmrsDPOConfig, policy=None, tokenizer=None, train_dataset=None, eval_dataset=None,
+                      reference=None) -> DPOTrainer:
+    """TRL's `DPOTrainer` for `policy` (default: loaded from `config.policy_path`) on the preference pairs
+    `train_dataset` (default: loaded from `config.preferences_path`) against `reference` (default: the policy as
+    given; iterative DPO passes the cloned policy so every round stays anchored to it). The trainer holds a frozen
+    copy of the reference (`trainer.ref_model`), so the caller's model is never touched by it."""
     if policy is None or tokenizer is None:
         if not config.policy_path:
             raise ValueError("give a policy and tokenizer, or policy_path (an `amrs train-policy` output folder)")
@@ -146,8 +146,16 @@ def run_dpo(config: AmrsDPOConfig, policy=None, tokenizer=None, train_dataset=No
 
         peft_config = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
                                  target_modules=list(config.lora_target_modules), task_type="CAUSAL_LM")
-    trainer = DPOTrainer(model=policy, ref_model=reference, args=config, train_dataset=train_dataset,
-                         eval_dataset=eval_dataset, processing_class=tokenizer, peft_config=peft_config)
+    return DPOTrainer(model=policy, ref_model=reference, args=config, train_dataset=train_dataset,
+                      eval_dataset=eval_dataset, processing_class=tokenizer, peft_config=peft_config)
+
+
+def run_dpo(config: AmrsDPOConfig, policy=None, tokenizer=None, train_dataset=None, eval_dataset=None,
+            reference=None):
+    """Fine-tune `policy` with DPO (`build_dpo_trainer`: same arguments and defaults), save the result (LoRA merged),
+    its tokenizer and `train_config.json` to `config.output_dir`, and return the trained model."""
+    trainer = build_dpo_trainer(config, policy, tokenizer, train_dataset, eval_dataset, reference)
+    tokenizer = trainer.processing_class
     trainer.train()
     model = trainer.accelerator.unwrap_model(trainer.model)
     if config.use_lora:
@@ -162,4 +170,4 @@ def run_dpo(config: AmrsDPOConfig, policy=None, tokenizer=None, train_dataset=No
     return model
 
 
-__all__ = ["AmrsDPOConfig", "load_preferences", "prepare_preferences", "run_dpo"]
+__all__ = ["AmrsDPOConfig", "build_dpo_trainer", "load_preferences", "prepare_preferences", "run_dpo"]
