@@ -194,8 +194,12 @@ def test_check_on_a_small_world(small, tmp_path):
     for policy in ("logging", "uniform"):
         assert rollouts["policies"][policy]["engagement"]["within_tolerance"], policy
     assert rollouts["prefixes"] == 13 and set(rollouts["policies"]) == {"logging", "uniform"}  # all with 10+ plays
+    # a linear model given the history summary is reported beside them: the mood persists, so history helps it too
+    for outcome in ("valence", "arousal"):
+        assert figures["feature_history"][outcome] > figures["feature_only"][outcome] + 0.05, outcome
     markdown = render_markdown(result)
     assert "| valence R² |" in markdown and "| uniform | like |" in markdown
+    assert "feature + history (reported) |" in markdown
     json.dumps(result)  # everything is plain data
 
 

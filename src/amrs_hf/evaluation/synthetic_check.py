@@ -67,7 +67,7 @@ from amrs_hf.data.tokenizer import track_token
 from amrs_hf.models.world_model.processing_world_model import WorldModelCollator, predict_plays, user_sequences
 from amrs_hf.simulation.rollout import StepContext, simulate
 
-from .baselines import FeatureOnly
+from .baselines import FeatureHistory, FeatureOnly
 from .metrics import outcome_metrics, regression_metrics
 
 CRITERION_OUTCOMES = ("valence", "arousal")
@@ -260,10 +260,13 @@ def observable_bound(world: SyntheticWorld, test: ListeningLog, test_truth: pd.D
     return out
 
 
+PREDICTORS = ("ceiling", "world_model", "feature_only", "feature_history")  # scored on every outcome; others are bounds
+
+
 def score_against_ceiling(test: ListeningLog, predictors: dict, data_args, check_args: SyntheticCheckArguments) -> dict:
     """Score `predictors` (name -> outcome -> (mean, var or None); `ceiling`, `world_model` and `feature_only`
-    required, others reported) on the test plays after each listener's first warm-up plays, and apply the
-    criterion."""
+    required, `feature_history` and the bounds reported) on the test plays after each listener's first warm-up
+    plays, and apply the criterion."""
     scored = history_rank(test) >= check_args.warmup_plays
     if scored.sum() < 10:
         raise ValueError(f"only {int(scored.sum())} held-out plays come after {check_args.warmup_plays} warm-up "
@@ -272,7 +275,7 @@ def score_against_ceiling(test: ListeningLog, predictors: dict, data_args, check
     observed = {o: np.where(scored, frame[o].to_numpy(dtype=np.float64), np.nan) for o in frame.columns}
     metrics, figures = {}, {}
     for name, predicted in predictors.items():
-        if name in ("ceiling", "world_model", "feature_only"):
+        if name in PREDICTORS:
             metrics[name] = outcome_metrics(observed, predicted, data_args.engagement_threshold)
             figures[name] = _headline(metrics[name])
         else:  # a bound: valence and arousal only
@@ -305,12 +308,14 @@ def fidelity_against_ceiling(model, tokenizer, world: SyntheticWorld, splits: di
                              data_args, check_args: SyntheticCheckArguments,
                              baseline: Optional[FeatureOnly] = None) -> dict:
     """Ceiling, world model and feature-only baseline on the test listeners' plays after their first warm-up plays,
-    with the observable bounds (`observable_bound`) beside them."""
+    with the linear models given the history summary (`FeatureHistory`, reported) and the observable bounds
+    (`observable_bound`) beside them."""
     test = splits["test"]
     predictors = {
         "ceiling": ceiling_predictions(test_truth),
         "world_model": predict_plays(model, test, tokenizer, max_length=data_args.max_history),
         "feature_only": (baseline or FeatureOnly().fit(splits["train"])).predict(test),
+        "feature_history": FeatureHistory().fit(splits["train"]).predict(test),
         "observable_bound": observable_bound(world, test, test_truth),
     }
     # the bound for what this model's inputs show; with session inputs and past pre-states it is the observable bound
@@ -541,8 +546,9 @@ def render_markdown(result: dict) -> str:
                   f"{s['seconds']['total']:.0f} s ({s['seconds']['train']:.0f} s generating and training).", ""]
     lines += [f"Held-out listeners' plays after their first {fid['warmup_plays']} ({fid['scored_plays']:,} plays "
               "scored). R² (like: AUC); ratio = world model / ceiling.", "",
-              "| outcome | ceiling (true model) | world model | feature-only | ratio | criterion |",
-              "|---|---|---|---|---|---|"]
+              "| outcome | ceiling (true model) | world model | feature-only | ratio | criterion |"
+              + (" feature + history (reported) |" if "feature_history" in f else ""),
+              "|---|---|---|---|---|---|" + ("---|" if "feature_history" in f else "")]
     names = {"valence": "valence R²", "arousal": "arousal R²", "engagement": "engagement R²", "like_auc": "like AUC"}
     for key, label in names.items():
         if key in CRITERION_OUTCOMES:
@@ -551,7 +557,8 @@ def render_markdown(result: dict) -> str:
         else:
             verdict = "(reported)"
         lines.append(f"| {label} | {f['ceiling'][key]:.3f} | {f['world_model'][key]:.3f} | "
-                     f"{f['feature_only'][key]:.3f} | {fid['ratio'][key]:.2f} | {verdict} |")
+                     f"{f['feature_only'][key]:.3f} | {fid['ratio'][key]:.2f} | {verdict} |"
+                     + (f" {f['feature_history'][key]:.3f} |" if "feature_history" in f else ""))
     bounds = {"observable_bound": "true model, true parameters, the log's reports only (Kalman filter)",
               "world_model_information_bound": "the same, seeing only what this world model's inputs show "
                                                "(without session inputs: session starts only where a mode change "
