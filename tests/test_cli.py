@@ -5,6 +5,8 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 
 from amrs_hf.cli import main
 
@@ -62,3 +64,17 @@ def test_console_script_is_installed():
     amrs = pathlib.Path(sys.executable).parent / "amrs"
     result = subprocess.run([str(amrs), "--version"], capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout.startswith("amrs_hf ")
+
+
+def test_bad_input_is_one_line_on_the_command_line(tmp_path):
+    """From the console: the message, exit status 2, no traceback; from Python the error propagates."""
+    amrs = pathlib.Path(sys.executable).parent / "amrs"
+    missing = tmp_path / "no_policy_here"
+    result = subprocess.run([str(amrs), "dpo", "--policy_path", str(missing), "--preferences_path", str(tmp_path),
+                             "--output_dir", str(tmp_path / "out")], capture_output=True, text=True)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert f"amrs dpo: error: policy_path '{missing}' is not a saved policy" in result.stderr
+    assert not (tmp_path / "out").exists()  # nothing was written
+    with pytest.raises(FileNotFoundError, match="is not a saved policy"):
+        main(["dpo", "--policy_path", str(missing), "--preferences_path", str(tmp_path)])

@@ -88,7 +88,9 @@ def test_render_card_front_matter_prose_and_figures():
     assert meta["tags"] == ["amrs_hf", "amrs_policy", "dpo"]
     assert meta["datasets"] == ["org/logs"] and meta["base_model"] == "org/base"
     assert body.lstrip().startswith("# My policy\n\nA summary line.\n")
-    assert (ROOT / "model_cards" / "amrs_policy.md").read_text().strip() in body
+    prose = (ROOT / "model_cards" / "amrs_policy.md").read_text().strip()
+    assert prose.startswith("# ") and prose.partition("\n")[2].strip() in body  # the prose, under the caller's title
+    assert body.count("\n# ") + body.startswith("# ") == 1  # one top-level heading
     rows = [line for line in body.splitlines() if line.startswith("| ") and line != "| metric | value |"]
     assert rows == ["| policies / dpo / predicted / utility | 0.5000 [0.4000, 0.6000] |",
                     "| policies / dpo / kl_to_bc | 0.0123 |",
@@ -96,7 +98,8 @@ def test_render_card_front_matter_prose_and_figures():
                     "| shape | [2, 3] |", "| none | None |"]
     world = render_card("amrs_world_model", "World")
     assert "tags:\n- amrs_hf\n- amrs_world_model" in world and "Figures of this run" not in world
-    assert (ROOT / "model_cards" / "amrs_world_model.md").read_text().strip() in world
+    assert (ROOT / "model_cards" / "amrs_world_model.md").read_text().partition("\n")[2].strip() in world
+    assert world.count("\n# ") == 1 and "\n# World\n" in world
 
 
 @pytest.mark.parametrize("path", ["/tmp/model", "./outputs/policy", "../policy"])

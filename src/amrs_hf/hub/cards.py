@@ -44,6 +44,8 @@ def render_card(model_type: str, title: str, figures: dict | None = None, *, dat
                          base_model=base_model)
     prose_file = PROSE_DIR / f"{model_type}.md"
     prose = prose_file.read_text().strip() if prose_file.exists() else ""
+    if prose.startswith("# "):  # one top-level heading, the caller's title: the prose's own gives way
+        prose = prose.partition("\n")[2].strip()
     lines = [f"# {title}", ""]
     if summary:
         lines += [summary, ""]

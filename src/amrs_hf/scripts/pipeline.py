@@ -321,10 +321,10 @@ def run_pipeline(config: dict, output_dir, show_progress: bool = True) -> dict:
 
     # ---- cards and the resolved config ----
     source = [data_args.data_source]
-    write_card(out / "world_model", "amrs_world_model", "amrs world model", metrics["world_model"], datasets=source)
-    write_card(out / "policy_bc", "amrs_policy", "amrs policy (behaviour cloning)",
+    write_card(out / "world_model", "amrs_world_model", "AMRS world model (`amrs_world_model`)", metrics["world_model"], datasets=source)
+    write_card(out / "policy_bc", "amrs_policy", "AMRS recommender policy, cloned from the logs",
                {"ranking": bc_ranking, "rollouts": _card_figures(metrics["policies"]["bc"])}, datasets=source)
-    write_card(out / "policy_dpo", "amrs_policy", "amrs policy (DPO in the world model)",
+    write_card(out / "policy_dpo", "amrs_policy", "AMRS recommender policy, DPO in the world model",
                {"ranking": dpo_ranking, "rollouts": _card_figures(metrics["policies"]["dpo"]),
                 "preferences": preference_summaries[-1]}, datasets=source)
     (out / "pipeline_config.json").write_text(json.dumps(resolved, indent=2, default=str))

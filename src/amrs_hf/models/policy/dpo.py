@@ -125,6 +125,10 @@ def build_dpo_trainer(config: AmrsDPOConfig, policy=None, tokenizer=None, train_
     if policy is None or tokenizer is None:
         if not config.policy_path:
             raise ValueError("give a policy and tokenizer, or policy_path (an `amrs train-policy` output folder)")
+        if not os.path.isfile(os.path.join(config.policy_path, "config.json")):
+            raise FileNotFoundError(
+                f"policy_path {config.policy_path!r} is not a saved policy (no config.json there): give the folder "
+                "written by `amrs train-policy` (its --output_dir) or a pipeline's DIR/policy_bc")
         policy = policy or AutoModelForCausalLM.from_pretrained(config.policy_path)
         tokenizer = tokenizer or AutoTokenizer.from_pretrained(config.policy_path)
     if train_dataset is None:
