@@ -6,7 +6,8 @@
 Both paths run the same rollouts (same seed, a uniform random policy, so the policy costs nothing) from the same
 prefixes; the figure that matters is their ratio within one run, not the absolute seconds of a given machine. Wall
 and process CPU time are both reported: on a shared machine the CPU time (with --threads 1) is the steadier figure.
-The model is untrained (speed does not depend on the weights).
+The model is untrained (speed does not depend on the weights) and has the inputs `amrs train-world-model` turns on by
+default (session starts and time gaps, past pre-states, the history summary); `--plain` leaves them out.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--repeats", type=int, default=1, help="best of this many runs per cell")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--plain", action="store_true",
+                        help="without the session inputs, past pre-states and history summary (the config defaults)")
     return parser
 
 
@@ -61,7 +64,8 @@ def main(argv=None) -> list[dict]:
     vocab = FIRST_TRACK_ID + args.tracks
     config = AmrsWorldModelConfig(
         vocab_size=vocab, hidden_size=args.hidden_size, num_hidden_layers=args.layers, num_attention_heads=args.heads,
-        intermediate_size=4 * args.hidden_size, max_position_embeddings=args.prefix_length + max(args.horizons) + 1)
+        intermediate_size=4 * args.hidden_size, max_position_embeddings=args.prefix_length + max(args.horizons) + 1,
+        use_session_inputs=not args.plain, pre_state_in_history=not args.plain, wide_history=not args.plain)
     model = AmrsWorldModel(config).to(device).eval()
     model.set_catalogue_features(torch.randn(vocab, config.num_audio_features))
     tracks = torch.arange(FIRST_TRACK_ID, vocab)
@@ -70,7 +74,9 @@ def main(argv=None) -> list[dict]:
     prefixes = dict(
         track_ids=tracks[torch.randint(args.tracks, shape, generator=g)], valence=torch.rand(shape, generator=g),
         arousal=torch.rand(shape, generator=g), engagement=torch.rand(shape, generator=g),
-        mode_ids=torch.randint(1, 5, (args.prefixes, 1), generator=g).expand(shape))
+        mode_ids=torch.randint(1, 5, (args.prefixes, 1), generator=g).expand(shape),
+        pre_valence=torch.rand(shape, generator=g), pre_arousal=torch.rand(shape, generator=g),
+        session_start=(torch.rand(shape, generator=g) < 0.2).float(), time_gap=torch.rand(shape, generator=g))
     policy = RandomPolicy(tracks)
 
     def rollout(horizon, use_cache):
@@ -87,7 +93,8 @@ def main(argv=None) -> list[dict]:
                          cached_ms_per_step=1000 * cached / horizon))
     rollouts = args.prefixes * args.rollouts
     print(f"{rollouts} rollouts ({args.prefixes} prefixes x {args.rollouts}) from {args.prefix_length}-play prefixes; "
-          f"{args.layers} layers, hidden {args.hidden_size}; device {device}, torch {torch.__version__}, "
+          f"{args.layers} layers, hidden {args.hidden_size}{', plain inputs' if args.plain else ''}; device {device}, "
+          f"torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; best of {args.repeats}")
     print()
     print("| horizon | cached (s) | recompute (s) | speedup | cached CPU (s) | recompute CPU (s) | CPU speedup "
