@@ -326,6 +326,28 @@ def test_beta_nll_weights_each_play_by_its_variance(tokenizer):
     torch.testing.assert_close(mean_grad[observed], -(y - mean) / var * var.sqrt() / observed.sum())
 
 
+
+def test_play_weights_make_each_loss_a_weighted_mean(tokenizer):
+    model = make_model(tokenizer)
+    batch = make_batch(tokenizer)
+    weight = torch.rand(batch["track_ids"].shape, generator=torch.Generator().manual_seed(3)) * 3
+    out, plain = model(**batch, play_weight=weight), model(**batch)
+    observed = ~torch.isnan(batch["valence"]) & batch["attention_mask"].bool()
+    per_play = torch.nn.functional.gaussian_nll_loss(out.valence_mean[observed], batch["valence"][observed],
+                                                     out.valence_var[observed], full=True, eps=0, reduction="none")
+    w = weight[observed]
+    torch.testing.assert_close(out.valence_loss, (w * per_play).sum() / w.sum())
+    torch.testing.assert_close(out.valence_mean, plain.valence_mean, rtol=0, atol=0)  # predictions do not change
+    # weight 1 everywhere is the plain loss, exactly; weight 0 on a play is as if its outcomes were not observed
+    # (the last play of row 0: no later prediction reads its outcomes)
+    assert torch.equal(model(**batch, play_weight=torch.ones_like(weight)).loss, plain.loss)
+    dropped = weight.clone()
+    dropped[0, -1] = 0.0
+    hidden = {k: v.clone() for k, v in batch.items()}
+    for name in ("engagement", "rating", "valence", "arousal"):
+        hidden[name][0, -1] = float("nan")
+    torch.testing.assert_close(model(**batch, play_weight=dropped).loss, model(**hidden, play_weight=weight).loss)
+
 # ---- scoring, cache, ablations, cold start ----
 def test_score_candidates_equals_forward(tokenizer):
     model = make_model(tokenizer)

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from transformers import AutoModel
+from transformers import AutoModel, AutoTokenizer
 
 from amrs_hf.cli import main as amrs
 from amrs_hf.data import load_log
@@ -205,3 +205,41 @@ def test_play_count_feature_holds_the_training_logs_counts():
     ids = tokenizer.convert_tokens_to_ids([track_token(t) for t in tracks])
     np.testing.assert_allclose(model.track_features[ids, -1].numpy(), expected, rtol=1e-5, atol=1e-5)
     assert raw.std() > 0  # the column carries information (counts differ across tracks)
+
+
+def test_inverse_propensity_weights():
+    import pandas as pd
+
+    from amrs_hf.data.validation import build_log
+    from amrs_hf.models.world_model.processing_world_model import inverse_propensity_weights
+
+    plays = pd.DataFrame({"user_id": ["a", "a", "b", "b"], "session_id": ["s", "s", "t", "t"], "position": [0, 1, 0, 1],
+                          "track_id": ["0", "1", "0", "1"], "propensity": [0.5, 0.1, 0.25, 0.02]})
+    log = build_log(plays, pd.DataFrame({"track_id": ["0", "1"], "energy": [0.1, 0.9]}), source="test")
+    inverse = 1 / np.array([0.5, 0.1, 0.25, 0.02])  # 2, 10, 4, 50: mean 16.5
+    np.testing.assert_allclose(inverse_propensity_weights(log, max_weight=100), inverse / inverse.mean(), rtol=1e-6)
+    clipped = np.minimum(inverse / inverse.mean(), 2.0)  # 50 / 16.5 = 3.03 is clipped to 2, then mean 1 again
+    weights = inverse_propensity_weights(log, max_weight=2.0)
+    np.testing.assert_allclose(weights, clipped / clipped.mean(), rtol=1e-6)
+    assert weights.mean() == pytest.approx(1.0) and weights.argmax() == 3
+    plays.loc[2, "propensity"] = None
+    missing = build_log(plays, pd.DataFrame({"track_id": ["0", "1"], "energy": [0.1, 0.9]}), source="test")
+    with pytest.raises(ValueError, match=r"1 of 4 plays .* play row 2, column 'propensity'"):
+        inverse_propensity_weights(missing)
+
+
+def test_training_with_propensity_weighting(tmp_path):
+    """`--propensity_weighting` trains on the synthetic world's logged propensities; the weights a window carries
+    reach the loss."""
+    log = load_log("synthetic", None, num_plays=600, num_users=30, num_tracks=40, seed=0)
+    args = ["--data_source", "synthetic", "--data_options", '{"num_plays": 600, "num_users": 30, "num_tracks": 40}',
+            *TINY, "--num_train_epochs", "2", "--disable_tqdm", "true"]
+    assert amrs(["train-world-model", *args, "--propensity_weighting", "true", "--output_dir", str(tmp_path / "w")]) == 0
+    model = AutoModel.from_pretrained(tmp_path / "w")
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "w")
+    windows = user_sequences(log, tokenizer, model.config, max_length=32,
+                             play_weights=np.linspace(0.1, 3.0, log.num_plays))
+    batch = WorldModelCollator(tokenizer.pad_token_id)(windows[:4])
+    weighted = model.eval()(**batch).loss
+    batch.pop("play_weight")
+    assert not torch.isclose(weighted, model(**batch).loss)

@@ -575,11 +575,13 @@ class AmrsWorldModel(PreTrainedModel):
                 engagement_mask=None, rating_mask=None, valence_mask=None, arousal_mask=None, mode_ids=None,
                 cohort_ids=None, context_ids=None, pre_valence=None, pre_arousal=None, pre_valence_mask=None,
                 pre_arousal_mask=None, attention_mask=None, cache=None, use_cache=False, return_loss=None,
-                return_dict=True, session_start=None, time_gap=None, session_start_mask=None, time_gap_mask=None):
+                return_dict=True, session_start=None, time_gap=None, session_start_mask=None, time_gap_mask=None,
+                play_weight=None):
         """Predict every given play from the plays before it; the loss compares the predictions with the observed
         outcomes of the same plays (masked per outcome and by `attention_mask`). See `listener_states` for the
-        inputs; the pre-state and session inputs are (B, T) like the outcomes. `return_loss` defaults to "if any
-        outcome is given"."""
+        inputs; the pre-state and session inputs are (B, T) like the outcomes. `play_weight` (B, T), optional,
+        weighs each play's loss (e.g. inverse propensities): each outcome's loss is then the weighted mean over the
+        plays where it is observed. `return_loss` defaults to "if any outcome is given"."""
         batch, length = track_ids.shape
         session = dict(session_start=session_start, time_gap=time_gap, session_start_mask=session_start_mask,
                        time_gap_mask=time_gap_mask)
@@ -602,6 +604,8 @@ class AmrsWorldModel(PreTrainedModel):
         if return_loss:
             valid = (torch.ones_like(track_ids, dtype=torch.bool) if attention_mask is None
                      else attention_mask.to(torch.bool))
+            weight = (torch.ones(batch, length, dtype=self.dtype, device=track_ids.device) if play_weight is None
+                      else torch.nan_to_num(torch.as_tensor(play_weight, device=track_ids.device).to(self.dtype)))
             for name, (value, mask) in targets.items():
                 value, observed = self._observed(value, mask, (batch, length))
                 observed = observed & valid
@@ -613,7 +617,10 @@ class AmrsWorldModel(PreTrainedModel):
                     per_play = 0.5 * (math.log(2 * math.pi) + torch.log(var) + (value - mean) ** 2 / var)
                     if self.config.nll_beta:  # β-NLL: low-variance plays no longer dominate the mean's fit
                         per_play = per_play * var.detach() ** self.config.nll_beta
-                losses[name] = torch.where(observed, per_play, 0.0).sum() / observed.sum().clamp(min=1)
+                weights = torch.where(observed, weight, 0.0)
+                total = weights.sum()
+                losses[name] = (weights * torch.where(observed, per_play, 0.0)).sum() / torch.where(
+                    total > 0, total, torch.ones_like(total))
             weights = self.config.outcome_loss_weights
             losses["total"] = sum(weights[name] * losses[name] for name in OUTCOME_NAMES)
 

@@ -103,20 +103,49 @@ def session_inputs(plays: pd.DataFrame) -> pd.DataFrame:
     return plays
 
 
+def inverse_propensity_weights(log: ListeningLog, max_weight: float = 10.0) -> np.ndarray:
+    """Per play of `log` (row-aligned): 1 / the logged propensity, scaled to mean 1 over the log, clipped at
+    `max_weight` and scaled to mean 1 again. Weighting the training loss by them makes the logged plays stand for what
+    a uniformly random recommender would have served (inverse-propensity weighting), so the model's predictions for
+    tracks the logging policy rarely chose are no longer pulled toward the outcomes of the ones it favoured; the clip
+    bounds the variance that costs."""
+    if not max_weight >= 1:
+        raise ValueError(f"max_weight must be >= 1, got {max_weight!r}")
+    propensity = np.asarray(log.plays["propensity"], dtype=np.float64)
+    missing = ~(propensity > 0)  # NaN (not logged) or a non-positive value
+    if missing.any():
+        row = int(np.flatnonzero(missing)[0])
+        raise ValueError(
+            f"inverse-propensity weighting needs the logged propensity of every play; {int(missing.sum())} of "
+            f"{len(propensity)} plays of this log ({log.source}) have none (first: play row {row}, column "
+            "'propensity'). Turn propensity_weighting off for logs without propensities (e.g. SiTunes).")
+    weights = 1.0 / propensity
+    weights = np.minimum(weights / weights.mean(), max_weight)
+    return (weights / weights.mean()).astype(np.float32)
+
+
 def user_sequences(
     log: ListeningLog, tokenizer, config: AmrsWorldModelConfig, max_length: int = 256, overlap: int = 0,
-    carry_mood: bool = True,
+    carry_mood: bool = True, play_weights: np.ndarray | None = None,
 ) -> list[dict]:
     """One dict per window of a listener's history, with lists keyed by the model's input names plus
     `play_index` (rows of `log.plays`) and `score_from` (the first position this window predicts). With
     `carry_mood`, a missing pre-state is filled from the previous play's post-state in the same session. The
-    session inputs (`session_inputs`) come from the whole history, so a window's first play keeps its gap."""
+    session inputs (`session_inputs`) come from the whole history, so a window's first play keeps its gap. With
+    `play_weights` (one per row of `log.plays`, e.g. `inverse_propensity_weights`) each window also carries
+    `play_weight`, which weighs each play's loss in training."""
     if not 0 <= overlap < max_length:
         raise ValueError(f"overlap must be in [0, max_length={max_length}), got {overlap}")
     if max_length >= config.max_position_embeddings:
         raise ValueError(f"max_length={max_length} needs max_position_embeddings > {max_length} (start token)")
     frame = log.plays_frame()
     frame["play_index"] = np.arange(len(frame))
+    names = (*ID_INPUTS, *FLOAT_INPUTS, "play_index")
+    if play_weights is not None:
+        if len(play_weights) != len(frame):
+            raise ValueError(f"play_weights has {len(play_weights)} entries for {len(frame)} plays")
+        frame["play_weight"] = np.asarray(play_weights, dtype=float)
+        names = (*names, "play_weight")
     frame["track_ids"] = tokenizer.convert_tokens_to_ids([track_token(t) for t in frame["track_id"]])
     frame["mode_ids"] = [config.mode_id(m) for m in frame["mode"]]
     frame["cohort_ids"] = [config.cohort_id(c) for c in frame["cohort"]]
@@ -130,7 +159,7 @@ def user_sequences(
     windows = []
     step = max_length - overlap
     for _, plays in order.groupby("user_id", sort=True):
-        columns = {name: plays[name].tolist() for name in (*ID_INPUTS, *FLOAT_INPUTS, "play_index")}
+        columns = {name: plays[name].tolist() for name in names}
         for start in range(0, len(plays), step):
             begin = max(0, start - overlap)
             window = {name: values[begin : start + step] for name, values in columns.items()}
@@ -158,6 +187,9 @@ class WorldModelCollator:
             batch[name] = torch.tensor(
                 [w[name] + [float("nan")] * (length - len(w[name])) for w in windows], dtype=torch.float32
             )
+        if "play_weight" in windows[0]:  # padded plays weigh nothing
+            batch["play_weight"] = torch.tensor(
+                [w["play_weight"] + [0.0] * (length - len(w["play_weight"])) for w in windows], dtype=torch.float32)
         batch["attention_mask"] = torch.tensor([[1] * len(w["track_ids"]) + [0] * (length - len(w["track_ids"]))
                                                 for w in windows])
         if self.keep_index:

@@ -18,7 +18,13 @@ from amrs_hf.data.splits import cold_start_split, temporal_split
 from amrs_hf.data.tokenizer import build_track_tokenizer
 
 from .modeling_world_model import AmrsWorldModel
-from .processing_world_model import WorldModelCollator, set_catalogue, user_sequences, world_model_config
+from .processing_world_model import (
+    WorldModelCollator,
+    inverse_propensity_weights,
+    set_catalogue,
+    user_sequences,
+    world_model_config,
+)
 
 
 def _as_dict(value, name: str) -> dict:
@@ -129,6 +135,12 @@ class WorldModelTrainingArguments(TrainingArguments):
         default=1,
         metadata={"help": "Members trained with seeds seed, seed+1, ...; > 1 saves a WorldModelEnsemble folder."},
     )
+    propensity_weighting: bool = field(
+        default=False,
+        metadata={"help": "Weigh each play's loss by its inverse logged propensity (clipped, mean 1; the log must "
+                          "carry propensities), against the logging policy's selection bias."},
+    )
+    max_play_weight: float = field(default=10.0, metadata={"help": "Clip of the inverse-propensity weights."})
 
 
 def split_log(log: ListeningLog, data_args: DataArguments) -> dict[str, ListeningLog]:
@@ -139,8 +151,13 @@ def split_log(log: ListeningLog, data_args: DataArguments) -> dict[str, Listenin
     return {"train": log, "valid": None, "test": None}
 
 
-def windows_dataset(log: ListeningLog, tokenizer, config, max_history: int) -> datasets.Dataset:
-    return datasets.Dataset.from_list(user_sequences(log, tokenizer, config, max_length=max_history))
+def windows_dataset(log: ListeningLog, tokenizer, config, max_history: int, training_args=None) -> datasets.Dataset:
+    """The log's windows; with `training_args.propensity_weighting` each carries its plays' loss weights."""
+    weights = None
+    if training_args is not None and getattr(training_args, "propensity_weighting", False):
+        weights = inverse_propensity_weights(log, training_args.max_play_weight)
+    return datasets.Dataset.from_list(user_sequences(log, tokenizer, config, max_length=max_history,
+                                                     play_weights=weights))
 
 
 def train_world_model(
@@ -170,8 +187,9 @@ def train_world_model(
     trainer = Trainer(
         model=model,
         args=training_args,
-        train_dataset=windows_dataset(splits["train"], tokenizer, config, data_args.max_history),
-        eval_dataset=None if valid is None else windows_dataset(valid, tokenizer, config, data_args.max_history),
+        train_dataset=windows_dataset(splits["train"], tokenizer, config, data_args.max_history, training_args),
+        eval_dataset=(None if valid is None  # selected on the same weighted loss
+                      else windows_dataset(valid, tokenizer, config, data_args.max_history, training_args)),
         data_collator=WorldModelCollator(tokenizer.pad_token_id),
         processing_class=tokenizer,
     )
