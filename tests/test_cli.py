@@ -78,3 +78,19 @@ def test_bad_input_is_one_line_on_the_command_line(tmp_path):
     assert not (tmp_path / "out").exists()  # nothing was written
     with pytest.raises(FileNotFoundError, match="is not a saved policy"):
         main(["dpo", "--policy_path", str(missing), "--preferences_path", str(tmp_path)])
+
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--data_source", "synthetic", "--data_options", '{"bogus": 1}'], "data source 'synthetic' has no option 'bogus'"),
+    (["--config", "BAD_YAML"], "amrs train-world-model: error: "),
+])
+def test_bad_options_and_configs_are_one_line(tmp_path, args, message):
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("output_dir: x\n  bad: [\n")
+    args = [str(bad_yaml) if a == "BAD_YAML" else a for a in args]
+    amrs = pathlib.Path(sys.executable).parent / "amrs"
+    result = subprocess.run([str(amrs), "train-world-model", *args, "--output_dir", str(tmp_path / "out")],
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert message in result.stderr

@@ -144,11 +144,16 @@ def test_world_model_fidelity_is_a_table(tmp_path):
     written = metrics(oracle=False)
     written["world_model"] = {"members": 2, "test": {
         "rating": {"n": 40, "auc": 0.6771, "ece": 0.025},
-        "valence": {"n": 30, "r2": 0.4774, "pearson_r": 0.69, "mae": 0.1022, "coverage90": float("nan")}}}
+        "valence": {"n": np.int64(30), "r2": np.float32(0.4774), "pearson_r": 0.69, "mae": 0.1022,
+                    "coverage90": np.float32("nan")}}}
     write_report(written, TRACK_COUNTS, str(tmp_path))
     report = (tmp_path / REPORT_FILE).read_text()
     assert "- members: 2" in report
     assert "| outcome | plays | R² | Pearson r | MAE | 90% coverage | AUC | calibration error |" in report
     assert "| rating | 40 | - | - | - | - | 0.677 | 0.025 |" in report
     assert "| valence | 30 | 0.477 | 0.690 | 0.102 | - | - | - |" in report  # NaN shows as "-"
-    assert json.loads((tmp_path / METRICS_FILE).read_text())["world_model"]["test"]["valence"]["coverage90"] is None
+    from amrs_hf.evaluation.report import render_markdown  # numpy scalars, as numpy code hands them over
+
+    assert "| valence | 30 | 0.477 | 0.690 | 0.102 | - |" in render_markdown(written, {})
+    saved = json.loads((tmp_path / METRICS_FILE).read_text())["world_model"]["test"]["valence"]
+    assert saved["n"] == 30 and saved["coverage90"] is None and saved["r2"] == pytest.approx(0.4774)

@@ -354,3 +354,13 @@ def test_mssd_bad_flag_names_file_row_column(mssd_dir, tmp_path):
     assert (info.value.row, info.value.column) == (7, "skip_2")
     assert "log.csv, row 7, column 'skip_2': not a boolean (True or False); got 'maybe'" in str(info.value)
     assert load_log("mssd", tmp_path / "log.csv", lenient=True).dropped == {"skip_2: not a boolean (True or False)": 1}
+
+
+
+def test_unknown_source_options_are_named():
+    from amrs_hf.data import load_log
+
+    with pytest.raises(ValueError, match="data source 'synthetic' has no option 'bogus'.*num_plays, seed"):
+        load_log("synthetic", None, num_plays=100, bogus=1)
+    with pytest.raises(ValueError, match="data source 'situnes' has no option 'bogus'; its options: "):
+        load_log("situnes", "unused", bogus=1)  # refused before any file is read

@@ -348,6 +348,19 @@ def test_play_weights_make_each_loss_a_weighted_mean(tokenizer):
         hidden[name][0, -1] = float("nan")
     torch.testing.assert_close(model(**batch, play_weight=dropped).loss, model(**hidden, play_weight=weight).loss)
 
+
+@pytest.mark.parametrize("bad, message", [
+    (lambda w: w * float("inf"), "finite and >= 0"), (lambda w: -w, "finite and >= 0"),
+    (lambda w: w[:, 0], r"must be \(batch, plays\) = \(3, 6\)"),
+])
+def test_bad_play_weights_are_refused(tokenizer, bad, message):
+    model = make_model(tokenizer)
+    batch = make_batch(tokenizer)
+    with pytest.raises(ValueError, match=message):
+        model(**batch, play_weight=bad(torch.ones(batch["track_ids"].shape)))
+    nothing = torch.full(batch["track_ids"].shape, float("nan"))  # all padding: a zero loss, not NaN
+    assert model(**batch, play_weight=nothing).loss.item() == 0.0
+
 # ---- scoring, cache, ablations, cold start ----
 def test_score_candidates_equals_forward(tokenizer):
     model = make_model(tokenizer)

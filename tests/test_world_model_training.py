@@ -224,7 +224,7 @@ def test_inverse_propensity_weights():
     assert weights.mean() == pytest.approx(1.0) and weights.argmax() == 3
     plays.loc[2, "propensity"] = None
     missing = build_log(plays, pd.DataFrame({"track_id": ["0", "1"], "energy": [0.1, 0.9]}), source="test")
-    with pytest.raises(ValueError, match=r"1 of 4 plays .* play row 2, column 'propensity'"):
+    with pytest.raises(ValueError, match=r"1 of the 4 plays given .* row 2 of those plays, column 'propensity'"):
         inverse_propensity_weights(missing)
 
 

@@ -1,9 +1,9 @@
 """The `amrs` command. Each subcommand is a script module in `amrs_hf.scripts` with `make_parser()` and `main(argv)`,
 imported only when called, so `amrs --help` stays fast and a stage's dependencies load with that stage alone.
 
-On the command line, bad input (a `ValueError`, such as a refused option or a malformed log, or an `OSError`, such as a
-missing folder) ends the command with its message on one line and exit status 2, not a traceback; `AMRS_DEBUG=1`
-shows the traceback. Called from Python (`main([...])`), errors propagate as usual."""
+On the command line, bad input (a `ValueError`, such as a refused option or a malformed log, an `OSError`, such as a
+missing folder, or a YAML syntax error in a config) ends the command with its message on one line and exit status 2,
+not a traceback; `AMRS_DEBUG=1` shows the traceback. Called from Python (`main([...])`), errors propagate as usual."""
 
 from __future__ import annotations
 
@@ -48,11 +48,13 @@ def main(argv=None) -> int:
         print(f"amrs: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
         return 2
     module = importlib.import_module(COMMANDS[command][0])
-    if not from_command_line or os.environ.get("AMRS_DEBUG"):
+    if not from_command_line or os.environ.get("AMRS_DEBUG", "") not in ("", "0"):
         return module.main(rest) or 0
+    import yaml
+
     try:
         return module.main(rest) or 0
-    except (ValueError, OSError) as error:
+    except (ValueError, OSError, yaml.YAMLError) as error:
         print(f"amrs {command}: error: {error}\n(AMRS_DEBUG=1 shows the traceback)", file=sys.stderr)
         return 2
 

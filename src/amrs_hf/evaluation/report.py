@@ -25,11 +25,16 @@ REPORT_FILE, METRICS_FILE = "report.md", "metrics.json"
 
 
 def _strict(value):
-    """`value` with NaN / infinite floats as None (null), so metrics.json is strict JSON."""
+    """`value` with numpy scalars and arrays as Python values and NaN / infinite floats as None (null), so
+    metrics.json is strict JSON."""
     if isinstance(value, dict):
         return {k: _strict(v) for k, v in value.items()}
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
     if isinstance(value, (list, tuple)):
         return [_strict(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
@@ -140,9 +145,13 @@ def _world_model_lines(wm: dict) -> list[str]:
 
 
 def _number(value) -> str:
-    if value is None or (isinstance(value, float) and not np.isfinite(value)):
-        return "-"
-    return str(value) if isinstance(value, int) else f"{value:.3f}"
+    if isinstance(value, (bool, np.bool_, str)):
+        return str(value)
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)) and np.isfinite(value):
+        return f"{float(value):.3f}"
+    return "-"  # None, NaN, infinite or not a number
 
 
 def render_markdown(metrics: dict, plots: dict) -> str:

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Optional
 
 from ..io import load_saved_log
@@ -27,5 +28,10 @@ def load_synthetic(path: Optional[str] = None, *, num_plays: int = 20_000, seed:
         if config_overrides:
             raise ValueError(f"config overrides {sorted(config_overrides)} apply only when generating (path=None)")
         return load_saved_log(path, lenient=lenient)
+    fields = [f.name for f in dataclasses.fields(SyntheticWorldConfig)]
+    unknown = sorted(set(config_overrides) - set(fields))
+    if unknown:
+        raise ValueError(f"data source 'synthetic' has no option {', '.join(map(repr, unknown))}; its options: "
+                         f"num_plays, seed, lenient and the SyntheticWorldConfig fields {', '.join(fields)}")
     world = SyntheticWorld(SyntheticWorldConfig(**config_overrides), seed=seed)
     return world.generate(num_plays, seed=seed)

@@ -605,7 +605,7 @@ class AmrsWorldModel(PreTrainedModel):
             valid = (torch.ones_like(track_ids, dtype=torch.bool) if attention_mask is None
                      else attention_mask.to(torch.bool))
             weight = (torch.ones(batch, length, dtype=self.dtype, device=track_ids.device) if play_weight is None
-                      else torch.nan_to_num(torch.as_tensor(play_weight, device=track_ids.device).to(self.dtype)))
+                      else self._play_weight(play_weight, (batch, length)))
             for name, (value, mask) in targets.items():
                 value, observed = self._observed(value, mask, (batch, length))
                 observed = observed & valid
@@ -631,6 +631,17 @@ class AmrsWorldModel(PreTrainedModel):
         return output if return_dict else output.to_tuple()
 
     # ---- helpers ----
+    def _play_weight(self, play_weight, shape) -> torch.Tensor:
+        """`play_weight` as (B, T) loss weights: NaN (padding) weighs 0; anything negative or infinite is refused."""
+        weight = torch.as_tensor(play_weight, device=self.start_state.device).to(self.dtype)
+        if tuple(weight.shape) != tuple(shape):
+            raise ValueError(f"play_weight must be (batch, plays) = {tuple(shape)} like the outcomes, got "
+                             f"{tuple(weight.shape)}")
+        weight = torch.where(torch.isnan(weight), 0.0, weight)
+        if not bool(((weight >= 0) & torch.isfinite(weight)).all()):
+            raise ValueError("play_weight must be finite and >= 0 (NaN marks padding)")
+        return weight
+
     def _observed(self, value, mask, shape):
         """(value with missing entries set to 0, observed mask); missing = mask False, or NaN when no mask."""
         device = self.start_state.device

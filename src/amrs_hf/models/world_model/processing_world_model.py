@@ -110,14 +110,14 @@ def inverse_propensity_weights(log: ListeningLog, max_weight: float = 10.0) -> n
     tracks the logging policy rarely chose are no longer pulled toward the outcomes of the ones it favoured; the clip
     bounds the variance that costs."""
     if not max_weight >= 1:
-        raise ValueError(f"max_weight must be >= 1, got {max_weight!r}")
+        raise ValueError(f"max_play_weight must be >= 1 (a weight relative to the mean), got {max_weight!r}")
     propensity = np.asarray(log.plays["propensity"], dtype=np.float64)
     missing = ~(propensity > 0)  # NaN (not logged) or a non-positive value
     if missing.any():
         row = int(np.flatnonzero(missing)[0])
         raise ValueError(
-            f"inverse-propensity weighting needs the logged propensity of every play; {int(missing.sum())} of "
-            f"{len(propensity)} plays of this log ({log.source}) have none (first: play row {row}, column "
+            f"inverse-propensity weighting needs the logged propensity of every play; {int(missing.sum())} of the "
+            f"{len(propensity)} plays given (source {log.source}) have none (first: row {row} of those plays, column "
             "'propensity'). Turn propensity_weighting off for logs without propensities (e.g. SiTunes).")
     weights = 1.0 / propensity
     weights = np.minimum(weights / weights.mean(), max_weight)

@@ -140,7 +140,11 @@ class WorldModelTrainingArguments(TrainingArguments):
         metadata={"help": "Weigh each play's loss by its inverse logged propensity (clipped, mean 1; the log must "
                           "carry propensities), against the logging policy's selection bias."},
     )
-    max_play_weight: float = field(default=10.0, metadata={"help": "Clip of the inverse-propensity weights."})
+    max_play_weight: float = field(
+        default=10.0,
+        metadata={"help": "Clip of the inverse-propensity weights, relative to their mean (>= 1); the clipped weights "
+                          "are scaled to mean 1 again, so the largest can end slightly above it."},
+    )
 
 
 def split_log(log: ListeningLog, data_args: DataArguments) -> dict[str, ListeningLog]:
