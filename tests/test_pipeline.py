@@ -10,6 +10,7 @@ import torch
 from huggingface_hub import ModelCard
 from transformers import AutoModel, AutoModelForCausalLM
 
+from amrs_hf.scripts import evaluate
 from amrs_hf.scripts.pipeline import QUICKSTART, load_config, run_pipeline
 from amrs_hf.simulation.ensemble import WorldModelEnsemble, load_world_model
 
@@ -69,6 +70,21 @@ def test_quickstart_smoke_runs_every_stage(tmp_path):
     assert check_contract(tmp_path, synthetic=True) == json.loads((tmp_path / "report" / "metrics.json").read_text())
     assert metrics["data"]["synthetic_truth"] is True
     assert len(metrics["preferences"]["rounds"]) == 2  # two rounds of iterative DPO
+    # the stand-alone commands read what the pipeline wrote: `amrs evaluate` on its folders gives the same figures
+    assert json.loads((tmp_path / "policy_bc" / "train_config.json").read_text())["data"]["max_length"] == 32
+    assert json.loads((tmp_path / "world_model" / "train_config.json").read_text())["data"]["max_history"] == 64
+    data, evaluation = config["data"], config["evaluation"]
+    assert evaluate.main([
+        "--world_model_path", str(tmp_path / "world_model"), "--bc_path", str(tmp_path / "policy_bc"),
+        "--dpo_path", str(tmp_path / "policy_dpo"), "--utility", config["utility"],
+        "--data_source", data["data_source"], "--data_options", json.dumps(data["data_options"]),
+        "--split_fractions", *map(str, data["split_fractions"]), "--split_seed", str(data["split_seed"]),
+        "--max_history", str(data["max_history"]), *[f"--{k}={v}" for k, v in evaluation.items()],
+        "--output_dir", str(tmp_path / "again")]) == 0
+    again = json.loads((tmp_path / "again" / "metrics.json").read_text())["policies"]
+    for name in POLICIES:
+        for part in ("predicted", "oracle", "diversity"):
+            assert again[name][part] == metrics["policies"][name][part], (name, part)
 
 
 def test_situnes_smoke_runs_on_the_real_logs(tmp_path, situnes_dir, monkeypatch):

@@ -249,3 +249,16 @@ def test_max_history_must_exceed_the_horizon(setup):
     _, log, _, tokenizer, model, _ = setup
     with pytest.raises(ValueError, match="must exceed the horizon"):
         evaluate_policies(model, tokenizer, Utility.load("paper"), {}, log, ARGS, max_history=3, show_progress=False)
+
+
+def test_cloned_prompt_tracks_reads_the_cloning_window(tmp_path):
+    """`amrs evaluate` lets bc and dpo read what cloning trained on, as the pipeline does (else its figures differ)."""
+    import json
+
+    from amrs_hf.evaluation.policies import cloned_prompt_tracks
+
+    assert cloned_prompt_tracks(tmp_path) is None  # a folder that does not say
+    (tmp_path / "train_config.json").write_text(json.dumps({"dpo": {"beta": 0.1}}))
+    assert cloned_prompt_tracks(tmp_path) is None
+    (tmp_path / "train_config.json").write_text(json.dumps({"data": {"max_length": 32}}))
+    assert cloned_prompt_tracks(tmp_path) == 28  # <bos>, mode, cohort, and the last token predicts nothing

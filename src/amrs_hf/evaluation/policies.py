@@ -272,6 +272,20 @@ def load_policy(path, tokenizer, option: str = "policy path"):
     return model
 
 
+def cloned_prompt_tracks(policy_path) -> int | None:
+    """The tracks a cloned policy's prompts held in training (`max_length - 4` of the `train_config.json` that
+    `amrs train-policy` and `amrs pipeline` write beside it), or None when the folder does not say."""
+    import json
+    import os
+
+    path = os.path.join(str(policy_path), "train_config.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        max_length = json.load(f).get("data", {}).get("max_length")
+    return max(1, int(max_length) - 4) if isinstance(max_length, int) else None
+
+
 def standard_policies(world_model, tokenizer, utility, bc_model, dpo_model, train_log: ListeningLog,
                       max_prompt_tracks: int | None = None) -> dict:
     """The five policies the report compares: random, popular (the training log's play counts), bc and dpo (the
@@ -292,5 +306,14 @@ def standard_policies(world_model, tokenizer, utility, bc_model, dpo_model, trai
     }
 
 
-__all__ = ["OUTCOMES", "load_policy", "standard_policies", "PolicyEvaluationArguments", "evaluate_policies", "mean_interval", "oracle_utility",
-           "true_outcomes"]
+__all__ = [
+    "OUTCOMES",
+    "cloned_prompt_tracks",
+    "load_policy",
+    "standard_policies",
+    "PolicyEvaluationArguments",
+    "evaluate_policies",
+    "mean_interval",
+    "oracle_utility",
+    "true_outcomes",
+]

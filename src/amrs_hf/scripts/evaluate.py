@@ -18,7 +18,13 @@ from typing import Optional
 
 from trl import TrlParser
 
-from amrs_hf.evaluation.policies import PolicyEvaluationArguments, evaluate_policies, load_policy, standard_policies
+from amrs_hf.evaluation.policies import (
+    PolicyEvaluationArguments,
+    cloned_prompt_tracks,
+    evaluate_policies,
+    load_policy,
+    standard_policies,
+)
 from amrs_hf.evaluation.report import write_report
 from amrs_hf.models.world_model.training_world_model import DataArguments, split_log
 from amrs_hf.objectives import DEFAULT_PRESET, Utility
@@ -34,6 +40,12 @@ class EvaluateArguments:
     dpo_path: Optional[str] = field(default=None, metadata={"help": "The DPO policy's folder (optional)."})
     utility: str = field(default=DEFAULT_PRESET, metadata={"help": "Utility preset name or YAML file."})
     output_dir: str = field(default="outputs/report", metadata={"help": "Where metrics.json and the report go."})
+    max_prompt_tracks: Optional[int] = field(
+        default=None,
+        metadata={"help": "Tracks the bc and dpo policies read; default: what the cloned policy trained on "
+                          "(max_length - 4 from --bc_path's train_config.json, as the pipeline evaluates), else what "
+                          "fits their positions."},
+    )
 
     def __post_init__(self):
         if not self.world_model_path or not self.bc_path:
@@ -71,7 +83,9 @@ def main(argv=None) -> int:
     dpo = load_policy(args.dpo_path, tokenizer, "--dpo_path") if args.dpo_path else None
     _, splits, world, test_truth = load_data(data_args)
     utility = Utility.load(args.utility)
-    policies = standard_policies(world_model, tokenizer, utility, bc, dpo, splits["train"])  # no dpo without one
+    prompt_tracks = args.max_prompt_tracks or cloned_prompt_tracks(args.bc_path)
+    policies = standard_policies(world_model, tokenizer, utility, bc, dpo, splits["train"],  # no dpo without one
+                                 max_prompt_tracks=prompt_tracks)
     evaluation = evaluate_policies(world_model, tokenizer, utility, policies, splits["test"], eval_args,
                                    max_history=data_args.max_history, world=world, truth=test_truth)
     metrics = {"data": {"source": data_args.data_source, "test_plays": splits["test"].num_plays},

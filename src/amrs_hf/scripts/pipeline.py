@@ -139,6 +139,10 @@ def _log(message: str) -> None:
     print(f"[amrs pipeline {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
+def _write_json(path, value) -> None:
+    path.write_text(json.dumps(value, indent=2, default=str))
+
+
 def run_pipeline(config: dict, output_dir, show_progress: bool = True) -> dict:
     """Run every stage of `config` (see the module doc) into `output_dir`; returns the metrics written."""
     from datasets import Dataset  # noqa: F401  (imported late: a CLI call stays light until it runs)
@@ -258,6 +262,9 @@ def run_pipeline(config: dict, output_dir, show_progress: bool = True) -> dict:
     save_world_model(world_model, out / "world_model")
     tokenizer.save_pretrained(out / "world_model")
     resolved["world_model"] = {"model": dataclasses.asdict(wm_model_args), "training": wm_train_args.to_dict()}
+    _write_json(out / "world_model" / "train_config.json",
+                {"data": dataclasses.asdict(data_args), **resolved["world_model"]})
+    _write_json(out / "world_model" / "eval_results.json", wm_fidelity)
     _log(f"world model: held-out R² valence {wm_fidelity['valence'].get('r2', float('nan')):.3f}, arousal "
          f"{wm_fidelity['arousal'].get('r2', float('nan')):.3f}")
 
@@ -275,6 +282,8 @@ def run_pipeline(config: dict, output_dir, show_progress: bool = True) -> dict:
     tokenizer.save_pretrained(out / "policy_bc")
     resolved["policy"] = {"data": dataclasses.asdict(p_data_args), "model": dataclasses.asdict(p_model_args),
                           "training": p_train_args.to_dict()}
+    _write_json(out / "policy_bc" / "train_config.json", resolved["policy"])  # as `amrs train-policy` writes them
+    _write_json(out / "policy_bc" / "eval_results.json", bc_ranking)
     _log(f"behaviour cloning: held-out {json.dumps({k: v for k, v in bc_ranking.items() if '@' in k})}")
 
     # ---- utility and preferences ----
@@ -300,6 +309,8 @@ def run_pipeline(config: dict, output_dir, show_progress: bool = True) -> dict:
     (out / "preferences" / "summary.json").write_text(json.dumps({"rounds": preference_summaries}, indent=2))
     policy.save_pretrained(out / "policy_dpo")
     tokenizer.save_pretrained(out / "policy_dpo")
+    _write_json(out / "policy_dpo" / "train_config.json", {"data": resolved["policy"]["data"], "dpo": resolved["dpo"],
+                                                           "preferences": resolved["preferences"]})
     dpo_ranking = ranking(policy)
 
     # ---- evaluation ----
@@ -321,7 +332,8 @@ def run_pipeline(config: dict, output_dir, show_progress: bool = True) -> dict:
 
     # ---- cards and the resolved config ----
     source = [data_args.data_source]
-    write_card(out / "world_model", "amrs_world_model", "AMRS world model (`amrs_world_model`)", metrics["world_model"], datasets=source)
+    write_card(out / "world_model", "amrs_world_model", "AMRS world model (`amrs_world_model`)", metrics["world_model"],
+               datasets=source)
     write_card(out / "policy_bc", "amrs_policy", "AMRS recommender policy, cloned from the logs",
                {"ranking": bc_ranking, "rollouts": _card_figures(metrics["policies"]["bc"])}, datasets=source)
     write_card(out / "policy_dpo", "amrs_policy", "AMRS recommender policy, DPO in the world model",
