@@ -11,7 +11,7 @@ import dataclasses
 import numpy as np
 import pandas as pd
 
-from .schema import AUDIO_FEATURES, COHORTS, MODES, OUTCOMES, STATE_COLUMNS, ListeningLog
+from .schema import AUDIO_FEATURES, COHORTS, MODES, OUTCOMES, STATE_COLUMNS, ListeningLog, listening_order
 
 
 @dataclasses.dataclass
@@ -68,7 +68,6 @@ HISTORY_FEATURES = (
     *(f"{kind}_{o}" for o in OUTCOMES for kind in ("past_mean", "past_seen")),
     "last_valence", "last_arousal", "log_past_plays", "continues_session", "previous_valence", "previous_arousal",
 )
-LISTENING_ORDER = ["user_id", "timestamp", "session_id", "position"]
 
 
 def history_features(log: ListeningLog, neutral: float = 0.5) -> np.ndarray:
@@ -80,7 +79,7 @@ def history_features(log: ListeningLog, neutral: float = 0.5) -> np.ndarray:
     held-out listener's features are what a deployed model would know before the track."""
     plays = log.plays_frame()
     plays["row"] = np.arange(len(plays))
-    order = plays.sort_values(LISTENING_ORDER, kind="stable", na_position="first").reset_index(drop=True)
+    order = listening_order(plays).reset_index(drop=True)
     user = order["user_id"]
     columns = []
     for outcome in OUTCOMES:

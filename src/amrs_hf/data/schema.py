@@ -183,6 +183,13 @@ def session_view(plays: datasets.Dataset) -> datasets.Dataset:
     return datasets.Dataset.from_pandas(out[list(features)], features=features, preserve_index=False)
 
 
+def listening_order(frame: pd.DataFrame) -> pd.DataFrame:
+    """`frame`'s plays in each listener's listening order: by user, then timestamp (unknown first), session and
+    position; stable, index kept (so `.index` maps back to the rows given). The order the world model, the policy's
+    training sequences and the history features read a listener's history in."""
+    return frame.sort_values(["user_id", "timestamp", "session_id", "position"], kind="stable", na_position="first")
+
+
 def sort_plays(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.sort_values(["user_id", "session_id", "position"], kind="stable").reset_index(drop=True)
 

@@ -272,18 +272,26 @@ def load_policy(path, tokenizer, option: str = "policy path"):
     return model
 
 
+def prompt_tracks(max_length: int) -> int:
+    """The history tracks a policy cloned on `max_length`-token windows learned to read: <bos>, mode and cohort take
+    three tokens and the window's last token predicts nothing."""
+    return max(1, max_length - 4)
+
+
 def cloned_prompt_tracks(policy_path) -> int | None:
-    """The tracks a cloned policy's prompts held in training (`max_length - 4` of the `train_config.json` that
-    `amrs train-policy` and `amrs pipeline` write beside it), or None when the folder does not say."""
+    """`prompt_tracks` of the cloning window in the `train_config.json` that `amrs train-policy` and `amrs pipeline`
+    write beside a cloned policy, or None when the folder does not say."""
     import json
     import os
 
-    path = os.path.join(str(policy_path), "train_config.json")
+    from amrs_hf.models.policy.dpo import TRAIN_CONFIG_FILE
+
+    path = os.path.join(str(policy_path), TRAIN_CONFIG_FILE)
     if not os.path.isfile(path):
         return None
     with open(path) as f:
         max_length = json.load(f).get("data", {}).get("max_length")
-    return max(1, int(max_length) - 4) if isinstance(max_length, int) else None
+    return prompt_tracks(max_length) if isinstance(max_length, int) else None
 
 
 def standard_policies(world_model, tokenizer, utility, bc_model, dpo_model, train_log: ListeningLog,
@@ -309,6 +317,7 @@ def standard_policies(world_model, tokenizer, utility, bc_model, dpo_model, trai
 __all__ = [
     "OUTCOMES",
     "cloned_prompt_tracks",
+    "prompt_tracks",
     "load_policy",
     "standard_policies",
     "PolicyEvaluationArguments",

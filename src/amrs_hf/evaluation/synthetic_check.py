@@ -54,7 +54,7 @@ import pandas as pd
 import torch
 from scipy.special import ndtr
 
-from amrs_hf.data.schema import MODES, ListeningLog
+from amrs_hf.data.schema import MODES, ListeningLog, listening_order
 from amrs_hf.data.splits import cold_start_split
 from amrs_hf.data.synthetic import SessionState, SyntheticWorld, SyntheticWorldConfig
 from amrs_hf.models.world_model.training_world_model import (
@@ -142,7 +142,7 @@ def split_with_truth(log: ListeningLog, truth: pd.DataFrame, data_args) -> tuple
 def history_rank(log: ListeningLog) -> np.ndarray:
     """Each play's index in its listener's history, in the order `user_sequences` reads them (time order)."""
     frame = log.plays_frame()[["user_id", "timestamp", "session_id", "position"]]
-    order = frame.sort_values(["user_id", "timestamp", "session_id", "position"], kind="stable", na_position="first")
+    order = listening_order(frame)
     rank = np.empty(len(frame), dtype=np.int64)
     rank[order.index.to_numpy()] = order.groupby("user_id", sort=False).cumcount().to_numpy()
     return rank

@@ -153,7 +153,7 @@ def run_pipeline(config: dict, output_dir, show_progress: bool = True) -> dict:
     from amrs_hf.evaluation.report import write_report
     from amrs_hf.evaluation.synthetic_check import generate_world, split_with_truth
     from amrs_hf.hub import write_card
-    from amrs_hf.models.policy.dpo import AmrsDPOConfig, run_dpo
+    from amrs_hf.models.policy.dpo import TRAIN_CONFIG_FILE, AmrsDPOConfig, run_dpo
     from amrs_hf.models.policy.training_policy import (
         PolicyDataArguments, PolicyModelArguments, PolicyTrainingArguments, train_policy)
     from amrs_hf.objectives import Utility
@@ -163,7 +163,7 @@ def run_pipeline(config: dict, output_dir, show_progress: bool = True) -> dict:
     from amrs_hf.models.world_model.training_world_model import (
         DataArguments, WorldModelArguments, WorldModelTrainingArguments, split_log, train_world_model)
     from amrs_hf.simulation.ensemble import WorldModelEnsemble, save_world_model
-    from amrs_hf.evaluation.policies import standard_policies
+    from amrs_hf.evaluation.policies import prompt_tracks, standard_policies
 
     if not show_progress:
         import datasets
@@ -262,7 +262,7 @@ def run_pipeline(config: dict, output_dir, show_progress: bool = True) -> dict:
     save_world_model(world_model, out / "world_model")
     tokenizer.save_pretrained(out / "world_model")
     resolved["world_model"] = {"model": dataclasses.asdict(wm_model_args), "training": wm_train_args.to_dict()}
-    _write_json(out / "world_model" / "train_config.json",
+    _write_json(out / "world_model" / TRAIN_CONFIG_FILE,
                 {"data": dataclasses.asdict(data_args), **resolved["world_model"]})
     _write_json(out / "world_model" / "eval_results.json", wm_fidelity)
     _log(f"world model: held-out R² valence {wm_fidelity['valence'].get('r2', float('nan')):.3f}, arousal "
@@ -282,7 +282,7 @@ def run_pipeline(config: dict, output_dir, show_progress: bool = True) -> dict:
     tokenizer.save_pretrained(out / "policy_bc")
     resolved["policy"] = {"data": dataclasses.asdict(p_data_args), "model": dataclasses.asdict(p_model_args),
                           "training": p_train_args.to_dict()}
-    _write_json(out / "policy_bc" / "train_config.json", resolved["policy"])  # as `amrs train-policy` writes them
+    _write_json(out / "policy_bc" / TRAIN_CONFIG_FILE, resolved["policy"])  # as `amrs train-policy` writes them
     _write_json(out / "policy_bc" / "eval_results.json", bc_ranking)
     _log(f"behaviour cloning: held-out {json.dumps({k: v for k, v in bc_ranking.items() if '@' in k})}")
 
@@ -309,7 +309,7 @@ def run_pipeline(config: dict, output_dir, show_progress: bool = True) -> dict:
     (out / "preferences" / "summary.json").write_text(json.dumps({"rounds": preference_summaries}, indent=2))
     policy.save_pretrained(out / "policy_dpo")
     tokenizer.save_pretrained(out / "policy_dpo")
-    _write_json(out / "policy_dpo" / "train_config.json", {"data": resolved["policy"]["data"], "dpo": resolved["dpo"],
+    _write_json(out / "policy_dpo" / TRAIN_CONFIG_FILE, {"data": resolved["policy"]["data"], "dpo": resolved["dpo"],
                                                            "preferences": resolved["preferences"]})
     dpo_ranking = ranking(policy)
 
@@ -317,7 +317,7 @@ def run_pipeline(config: dict, output_dir, show_progress: bool = True) -> dict:
     resolved["evaluation"] = dataclasses.asdict(eval_args)
     # the language-model policies read at most what behaviour cloning trained on (its windows of max_length tokens)
     policies = standard_policies(world_model, tokenizer, utility, bc, policy, splits["train"],
-                                 max_prompt_tracks=max(1, p_data_args.max_length - 4))
+                                 max_prompt_tracks=prompt_tracks(p_data_args.max_length))
     _log(f"evaluating {', '.join(policies)} on held-out listeners")
     evaluation = evaluate_policies(world_model, tokenizer, utility, policies, splits["test"], eval_args,
                                    max_history=data_args.max_history, world=world, truth=test_truth,

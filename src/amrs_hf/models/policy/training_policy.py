@@ -23,6 +23,7 @@ import torch
 from transformers import Trainer, TrainingArguments, set_seed
 
 from amrs_hf.data import ListeningLog
+from amrs_hf.data.schema import listening_order
 from amrs_hf.data.splits import cold_start_split
 from amrs_hf.data.tokenizer import build_track_tokenizer, cohort_token, mode_token, track_token, track_token_ids
 
@@ -109,7 +110,7 @@ class PolicyTrainingArguments(TrainingArguments):
 # ---- logs to sequences ----
 def _ordered_plays(log: ListeningLog) -> pd.DataFrame:
     frame = log.plays_frame()[["user_id", "session_id", "position", "timestamp", "mode", "cohort", "track_id"]]
-    return frame.sort_values(["user_id", "timestamp", "session_id", "position"], kind="stable", na_position="first")
+    return listening_order(frame)
 
 
 def _session_tokens(plays: pd.DataFrame, vocab: dict) -> tuple[list[int], list[bool], list[bool]]:

@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 
 from amrs_hf.data.features import AudioFeatureScaler
-from amrs_hf.data.schema import AUDIO_FEATURES, OUTCOMES, STATE_COLUMNS, ListeningLog
+from amrs_hf.data.schema import AUDIO_FEATURES, OUTCOMES, STATE_COLUMNS, ListeningLog, listening_order
 from amrs_hf.data.tokenizer import track_token
 
 from .configuration_world_model import AmrsWorldModelConfig
@@ -152,7 +152,7 @@ def user_sequences(
     contexts = {c: config.context_id(c) for c in frame["context"].dropna().unique()}
     frame["context_ids"] = frame["context"].map(contexts).fillna(0).astype(int)
     frame[[*OUTCOMES, *STATE_COLUMNS]] = frame[[*OUTCOMES, *STATE_COLUMNS]].astype(float)
-    order = frame.sort_values(["user_id", "timestamp", "session_id", "position"], kind="stable", na_position="first")
+    order = listening_order(frame)
     order = session_inputs(order)
     if carry_mood:
         order = carry_mood_forward(order)
